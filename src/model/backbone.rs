@@ -1,0 +1,136 @@
+//! The backbones behind one type: which network, its input convention, and
+//! the built `Net`.
+
+use candle_core::{Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::net::{Grads, Net, Saved};
+use super::{mobilenet_v2, xception, WeightSource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneKind {
+    Xception,
+    MobilenetV2,
+}
+
+/// Full-size (the pretrained network) or tiny (same topology, few channels: tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Full,
+    Tiny,
+}
+
+/// How u8 pixels become network inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelScaling {
+    /// x/127.5 - 1 (keras.applications.xception.preprocess_input).
+    MinusOneToOne,
+    /// x/255 (TF-Hub convention; the network rescales itself).
+    ZeroToOne,
+}
+
+impl PixelScaling {
+    pub fn apply(self, v: u8) -> f32 {
+        match self {
+            PixelScaling::MinusOneToOne => v as f32 / 127.5 - 1.0,
+            PixelScaling::ZeroToOne => v as f32 / 255.0,
+        }
+    }
+}
+
+impl BackboneKind {
+    pub fn default_size(self) -> usize {
+        match self {
+            BackboneKind::Xception => 150,
+            BackboneKind::MobilenetV2 => 224,
+        }
+    }
+
+    /// Smallest input the network accepts (Keras: 71 for Xception, 32 for MobileNetV2).
+    pub fn min_size(self) -> usize {
+        match self {
+            BackboneKind::Xception => 71,
+            BackboneKind::MobilenetV2 => 32,
+        }
+    }
+
+    pub fn scaling(self) -> PixelScaling {
+        match self {
+            BackboneKind::Xception => PixelScaling::MinusOneToOne,
+            BackboneKind::MobilenetV2 => PixelScaling::ZeroToOne,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackboneKind::Xception => "xception",
+            BackboneKind::MobilenetV2 => "mobilenet_v2",
+        }
+    }
+}
+
+impl std::str::FromStr for BackboneKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "xception" => Ok(Self::Xception),
+            "mobilenet_v2" | "mobilenetv2" => Ok(Self::MobilenetV2),
+            _ => Err(format!("unknown backbone {s:?} (expected xception or mobilenet_v2)")),
+        }
+    }
+}
+
+pub struct Backbone {
+    pub kind: BackboneKind,
+    pub variant: Variant,
+    pub net: Net,
+    pub device: Device,
+}
+
+impl Backbone {
+    pub fn build(kind: BackboneKind, variant: Variant, src: &dyn WeightSource, trainable: bool, device: &Device) -> Result<Self> {
+        let net = match (kind, variant) {
+            (BackboneKind::Xception, Variant::Full) => xception::build(&xception::XceptionConfig::keras(), src, trainable)?,
+            (BackboneKind::Xception, Variant::Tiny) => xception::build(&xception::XceptionConfig::tiny(), src, trainable)?,
+            (BackboneKind::MobilenetV2, Variant::Full) => {
+                mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::keras(), src, trainable)?
+            }
+            (BackboneKind::MobilenetV2, Variant::Tiny) => {
+                mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::tiny(), src, trainable)?
+            }
+        };
+        Ok(Self { kind, variant, net, device: device.clone() })
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.net.feature_dim
+    }
+
+    /// (B,H,W,3) scaled pixels -> (B, feature_dim) pooled features.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.net.features(x)
+    }
+
+    /// Training forward: pooled features plus what the backward needs.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Tape)> {
+        let mut saved = Vec::new();
+        let map = self.net.forward_map(x, Some(&mut saved))?;
+        let dims = map.dims4()?;
+        Ok((Net::gap(&map)?, Tape { saved, map_dims: dims }))
+    }
+
+    /// Gradients of every trainable parameter from dL/d(features).
+    pub fn backward(&self, tape: Tape, dfeatures: &Tensor) -> Result<Grads> {
+        let dmap = Net::gap_backward(dfeatures, tape.map_dims)?;
+        self.net.backward_map(tape.saved, dmap)
+    }
+}
+
+/// The forward pass's record for one batch.
+pub struct Tape {
+    saved: Vec<Saved>,
+    map_dims: (usize, usize, usize, usize),
+}

@@ -1,0 +1,318 @@
+//! A small graph of CNN layers with a hand-written backward.
+//!
+//! Candle's generic autograd allocates a zero tensor and an add per node and
+//! keeps every intermediate alive; for a fixed architecture we know exactly
+//! what each layer needs for its gradient, so each layer saves just that on a
+//! tape and the backward walks the tape in reverse. The per-op gradients are
+//! the ones in `crate::ops`, each checked against finite differences.
+
+use candle_core::{DType, Result, Tensor, Var};
+
+use crate::ops::{self, Act, Geom};
+
+/// How a window op pads, resolved against the input size at run time, so one
+/// network serves any input resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Same,
+    Valid,
+}
+
+impl Padding {
+    fn geom(self, h: usize, w: usize, k: usize, stride: usize) -> Geom {
+        match self {
+            Padding::Same => Geom::same(h, w, k, stride),
+            Padding::Valid => Geom::valid(h, w, k, stride),
+        }
+    }
+}
+
+/// How a parameter is stored in Keras (channels_last) versus here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamLayout {
+    /// Conv2D kernel: Keras (K,K,C,O), here (O, C*K*K).
+    Conv { k: usize, c: usize, o: usize },
+    /// Depthwise kernel: Keras (K,K,C,1), here (C, K*K).
+    Depthwise { k: usize, c: usize },
+    /// Vector (BatchNorm gamma/beta/statistics, biases): same in both.
+    Vector { c: usize },
+}
+
+impl ParamLayout {
+    pub fn keras_shape(&self) -> Vec<usize> {
+        match *self {
+            ParamLayout::Conv { k, c, o } => vec![k, k, c, o],
+            ParamLayout::Depthwise { k, c } => vec![k, k, c, 1],
+            ParamLayout::Vector { c } => vec![c],
+        }
+    }
+
+    /// Keras tensor -> internal layout.
+    pub fn from_keras(&self, t: &Tensor) -> Result<Tensor> {
+        match *self {
+            ParamLayout::Conv { k, c, o } => t.reshape((k, k, c, o))?.permute((3, 2, 0, 1))?.reshape((o, c * k * k)),
+            ParamLayout::Depthwise { k, c } => t.reshape((k, k, c))?.permute((2, 0, 1))?.reshape((c, k * k)),
+            ParamLayout::Vector { c } => t.reshape(c),
+        }
+    }
+
+    /// Internal layout -> Keras tensor.
+    pub fn to_keras(&self, t: &Tensor) -> Result<Tensor> {
+        match *self {
+            ParamLayout::Conv { k, c, o } => t.reshape((o, c, k, k))?.permute((2, 3, 1, 0))?.contiguous(),
+            ParamLayout::Depthwise { k, c } => t.reshape((c, k, k))?.permute((1, 2, 0))?.reshape((k, k, c, 1)),
+            ParamLayout::Vector { c } => t.reshape(c),
+        }
+    }
+}
+
+/// A named tensor of the network. Trainable ones are `Var`s; BatchNorm
+/// moving statistics are frozen and never get a gradient.
+pub struct Param {
+    pub name: String,
+    pub layout: ParamLayout,
+    pub var: Var,
+    pub trainable: bool,
+}
+
+pub enum Node {
+    /// Dense KxK convolution without bias; 1x1 stride-1 runs as a plain matmul.
+    Conv { w: usize, k: usize, stride: usize, pad: Padding },
+    Depthwise { w: usize, k: usize, stride: usize, pad: Padding },
+    /// BatchNorm with frozen statistics (inference mode) and an optional activation.
+    Bn { gamma: usize, beta: usize, mean: usize, var: usize, eps: f64, act: Option<Act> },
+    Act(Act),
+    MaxPool { k: usize, stride: usize, pad: Padding },
+    /// y = main(x) + shortcut(x); an empty shortcut is the identity.
+    Residual { main: Vec<Node>, shortcut: Vec<Node> },
+    /// y = x * mul + add on the raw input (e.g. TF-Hub's 2x-1); never trained.
+    Rescale { mul: f64, add: f64 },
+}
+
+/// What a node keeps from the forward pass for its backward.
+pub enum Saved {
+    Conv { x: Tensor, g: Geom },
+    Depthwise { x: Tensor, g: Geom },
+    Bn { x: Tensor, y: Tensor, scale: Tensor, inv_std: Tensor, mean: Tensor },
+    Act { y: Tensor },
+    MaxPool { x: Tensor, g: Geom },
+    Residual { main: Vec<Saved>, shortcut: Vec<Saved> },
+    Rescale,
+}
+
+/// Gradients indexed like `Net::params` (None for frozen or unused ones).
+pub struct Grads(pub Vec<Option<Tensor>>);
+
+pub struct Net {
+    pub params: Vec<Param>,
+    pub nodes: Vec<Node>,
+    pub feature_dim: usize,
+}
+
+/// Builds `Net`s: registers parameters in order and hands out their indices.
+#[derive(Default)]
+pub struct NetBuilder {
+    params: Vec<Param>,
+}
+
+impl NetBuilder {
+    pub fn param(&mut self, name: impl Into<String>, layout: ParamLayout, trainable: bool, init: Tensor) -> Result<usize> {
+        self.params.push(Param { name: name.into(), layout, var: Var::from_tensor(&init)?, trainable });
+        Ok(self.params.len() - 1)
+    }
+
+    pub fn finish(self, nodes: Vec<Node>, feature_dim: usize) -> Net {
+        Net { params: self.params, nodes, feature_dim }
+    }
+}
+
+fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    x.dims4()
+}
+
+impl Net {
+    fn p(&self, i: usize) -> &Tensor {
+        self.params[i].var.as_tensor()
+    }
+
+    /// (B,H,W,C) images -> (C,B,h,w) final feature map. `tape` records what
+    /// the backward needs; pass None for inference.
+    pub fn forward_map(&self, x_nhwc: &Tensor, tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
+        let x = x_nhwc.permute((3, 0, 1, 2))?.contiguous()?;
+        self.run(&self.nodes, x, tape)
+    }
+
+    /// Global average pooling of a (C,B,h,w) map -> (B,C).
+    pub fn gap(map: &Tensor) -> Result<Tensor> {
+        let (c, b, h, w) = dims4(map)?;
+        map.reshape((c, b, h * w))?.mean(2)?.t()?.contiguous()
+    }
+
+    /// Backward of `gap`: (B,C) -> (C,B,h,w), spread evenly.
+    pub fn gap_backward(dfeat: &Tensor, map_dims: (usize, usize, usize, usize)) -> Result<Tensor> {
+        let (c, b, h, w) = map_dims;
+        dfeat.t()?.unsqueeze(2)?.broadcast_as((c, b, h * w))?.affine(1.0 / (h * w) as f64, 0.0)?.reshape((c, b, h, w))
+    }
+
+    /// Pooled features (B, feature_dim), inference only.
+    pub fn features(&self, x_nhwc: &Tensor) -> Result<Tensor> {
+        Self::gap(&self.forward_map(x_nhwc, None)?)
+    }
+
+    fn bn_scale_shift(&self, gamma: usize, beta: usize, mean: usize, var: usize, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        // Exactly tf.nn.batch_normalization: inv = rsqrt(var + eps) * gamma; y = x*inv + (beta - mean*inv).
+        let inv_std = (self.p(var) + eps)?.sqrt()?.recip()?;
+        let scale = (self.p(gamma) * &inv_std)?;
+        let shift = (self.p(beta) - (self.p(mean) * &scale)?)?;
+        Ok((scale, shift, inv_std))
+    }
+
+    /// Runs some nodes on a (C,B,H,W) tensor without recording (for layer taps).
+    pub fn run_nodes(&self, nodes: &[Node], x: Tensor) -> Result<Tensor> {
+        self.run(nodes, x, None)
+    }
+
+    fn run(&self, nodes: &[Node], mut x: Tensor, mut tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
+        for node in nodes {
+            let (y, saved) = self.step(node, &x, tape.is_some())?;
+            if let (Some(t), Some(s)) = (tape.as_deref_mut(), saved) {
+                t.push(s);
+            }
+            x = y;
+        }
+        Ok(x)
+    }
+
+    fn step(&self, node: &Node, x: &Tensor, record: bool) -> Result<(Tensor, Option<Saved>)> {
+        let (c, b, h, w) = dims4(x)?;
+        Ok(match node {
+            Node::Conv { w: wi, k, stride, pad } => {
+                let g = pad.geom(h, w, *k, *stride);
+                let wt = self.p(*wi);
+                let o = wt.dim(0)?;
+                let y = if *k == 1 && *stride == 1 {
+                    wt.matmul(&x.reshape((c, b * h * w))?)?
+                } else {
+                    wt.matmul(&ops::im2col(x, g)?)?
+                };
+                let y = y.reshape((o, b, g.out_h, g.out_w))?;
+                (y, record.then(|| Saved::Conv { x: x.clone(), g }))
+            }
+            Node::Depthwise { w: wi, k, stride, pad } => {
+                let g = pad.geom(h, w, *k, *stride);
+                let y = ops::depthwise(x, self.p(*wi), g)?;
+                (y, record.then(|| Saved::Depthwise { x: x.clone(), g }))
+            }
+            Node::Bn { gamma, beta, mean, var, eps, act } => {
+                let (scale, shift, inv_std) = self.bn_scale_shift(*gamma, *beta, *mean, *var, *eps)?;
+                let y = ops::affine_act(x, &scale, &shift, *act)?;
+                let saved = record.then(|| Saved::Bn {
+                    x: x.clone(),
+                    y: y.clone(),
+                    scale,
+                    inv_std,
+                    mean: self.p(*mean).clone(),
+                });
+                (y, saved)
+            }
+            Node::Act(a) => {
+                let y = ops::act(x, *a)?;
+                let saved = record.then(|| Saved::Act { y: y.clone() });
+                (y, saved)
+            }
+            Node::MaxPool { k, stride, pad } => {
+                let g = pad.geom(h, w, *k, *stride);
+                let y = ops::max_pool(x, g)?;
+                (y, record.then(|| Saved::MaxPool { x: x.clone(), g }))
+            }
+            Node::Residual { main, shortcut } => {
+                let (mut tm, mut ts) = (Vec::new(), Vec::new());
+                let ym = self.run(main, x.clone(), record.then_some(&mut tm))?;
+                let ys = self.run(shortcut, x.clone(), record.then_some(&mut ts))?;
+                ((ym + ys)?, record.then_some(Saved::Residual { main: tm, shortcut: ts }))
+            }
+            Node::Rescale { mul, add } => (x.affine(*mul, *add)?, record.then_some(Saved::Rescale)),
+        })
+    }
+
+    /// Backward through the whole network given dL/d(feature map).
+    /// The input image never needs a gradient, so the first layer skips it.
+    pub fn backward_map(&self, tape: Vec<Saved>, dmap: Tensor) -> Result<Grads> {
+        let mut grads = Grads(vec![None; self.params.len()]);
+        self.back(&self.nodes, tape, dmap, false, &mut grads)?;
+        Ok(grads)
+    }
+
+    fn back(&self, nodes: &[Node], tape: Vec<Saved>, mut dy: Tensor, need_dx: bool, grads: &mut Grads) -> Result<Option<Tensor>> {
+        if nodes.len() != tape.len() {
+            candle_core::bail!("tape has {} entries for {} layers", tape.len(), nodes.len());
+        }
+        for (i, (node, saved)) in nodes.iter().zip(tape).enumerate().rev() {
+            let want_dx = i > 0 || need_dx;
+            match self.step_back(node, saved, &dy, want_dx, grads)? {
+                Some(dx) => dy = dx,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(dy))
+    }
+
+    fn set_grad(&self, grads: &mut Grads, i: usize, g: Tensor) {
+        if self.params[i].trainable {
+            grads.0[i] = Some(g);
+        }
+    }
+
+    fn step_back(&self, node: &Node, saved: Saved, dy: &Tensor, want_dx: bool, grads: &mut Grads) -> Result<Option<Tensor>> {
+        Ok(match (node, saved) {
+            (Node::Conv { w: wi, k, stride, .. }, Saved::Conv { x, g }) => {
+                let (c, b, h, w) = dims4(&x)?;
+                let wt = self.p(*wi);
+                let o = wt.dim(0)?;
+                let dy2 = dy.reshape((o, b * g.out_plane()))?;
+                let pointwise = *k == 1 && *stride == 1;
+                let cols = if pointwise { x.reshape((c, b * h * w))? } else { ops::im2col(&x, g)? };
+                self.set_grad(grads, *wi, dy2.matmul(&cols.t()?)?);
+                drop(cols);
+                if !want_dx {
+                    return Ok(None);
+                }
+                let dcols = wt.t()?.matmul(&dy2)?;
+                Some(if pointwise { dcols.reshape((c, b, h, w))? } else { ops::col2im(&dcols, g)? })
+            }
+            (Node::Depthwise { w: wi, .. }, Saved::Depthwise { x, g }) => {
+                self.set_grad(grads, *wi, ops::depthwise_kernel_grad(&x, dy, g)?);
+                want_dx.then(|| ops::depthwise_input_grad(dy, self.p(*wi), g)).transpose()?
+            }
+            (Node::Bn { gamma, beta, act, .. }, Saved::Bn { x, y, scale, inv_std, mean }) => {
+                let (ds, dt) = ops::affine_act_param_grad(&x, &y, dy, *act)?;
+                // scale = gamma*inv_std, shift = beta - mean*scale.
+                let dgamma = ((ds - (&mean * &dt)?)? * &inv_std)?;
+                self.set_grad(grads, *gamma, dgamma);
+                self.set_grad(grads, *beta, dt);
+                want_dx.then(|| ops::affine_act_input_grad(&y, dy, &scale, *act)).transpose()?
+            }
+            (Node::Act(a), Saved::Act { y }) => want_dx.then(|| ops::act_grad(&y, dy, *a)).transpose()?,
+            (Node::MaxPool { .. }, Saved::MaxPool { x, g }) => want_dx.then(|| ops::max_pool_grad(&x, dy, g)).transpose()?,
+            (Node::Residual { main, shortcut }, Saved::Residual { main: tm, shortcut: ts }) => {
+                let dm = self.back(main, tm, dy.clone(), want_dx, grads)?;
+                let ds = if shortcut.is_empty() { Some(dy.clone()) } else { self.back(shortcut, ts, dy.clone(), want_dx, grads)? };
+                match (dm, ds) {
+                    (Some(a), Some(b)) if want_dx => Some((a + b)?),
+                    _ => None,
+                }
+            }
+            (Node::Rescale { mul, .. }, Saved::Rescale) => want_dx.then(|| dy.affine(*mul, 0.0)).transpose()?,
+            _ => candle_core::bail!("tape does not match the network"),
+        })
+    }
+
+    /// The trainable parameters with their current values.
+    pub fn trainable(&self) -> impl Iterator<Item = (usize, &Param)> {
+        self.params.iter().enumerate().filter(|(_, p)| p.trainable)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.params.first().map(|p| p.var.dtype()).unwrap_or(DType::F32)
+    }
+}

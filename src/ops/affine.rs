@@ -1,0 +1,168 @@
+//! Per-channel affine + optional activation: BatchNorm in inference mode with
+//! frozen statistics, as y = act(x * scale[c] + shift[c]) on (C, ...) tensors.
+//! scale/shift come from the trainable gamma/beta (see `model::layers::FrozenBn`).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::act::Act;
+use super::storage::{dispatch, output, slice, zeros};
+
+pub fn affine_act(x: &Tensor, scale: &Tensor, shift: &Tensor, a: Option<Act>) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, AffineAct { a })
+}
+
+/// dL/dx given the op's output y (for the activation mask) and dL/dy.
+pub fn affine_act_input_grad(y: &Tensor, dy: &Tensor, scale: &Tensor, a: Option<Act>) -> Result<Tensor> {
+    y.contiguous()?.apply_op3_no_bwd(&dy.contiguous()?, &scale.contiguous()?, &AffineInputGrad { a })
+}
+
+/// (dL/dscale, dL/dshift), each of shape (C,), from the op's input x, output y and dL/dy.
+pub fn affine_act_param_grad(x: &Tensor, y: &Tensor, dy: &Tensor, a: Option<Act>) -> Result<(Tensor, Tensor)> {
+    let both = x.contiguous()?.apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &AffineParamGrad { a })?;
+    Ok((both.narrow(1, 0, 1)?.squeeze(1)?, both.narrow(1, 1, 1)?.squeeze(1)?))
+}
+
+fn rows(l: &Layout, c: usize, what: &str) -> Result<usize> {
+    let n = l.shape().elem_count();
+    if l.dims().first() != Some(&c) || c == 0 {
+        candle_core::bail!("{what}: leading dim of {:?} must be the {c} channels", l.dims());
+    }
+    Ok(n / c)
+}
+
+struct AffineAct {
+    a: Option<Act>,
+}
+
+impl CustomOp3 for AffineAct {
+    fn name(&self) -> &'static str {
+        "affine-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l2.shape().elem_count();
+        let n = rows(l1, c, "affine")?;
+        dispatch!(s1, |T| {
+            let x = slice::<T>(s1, l1)?;
+            let scale = slice::<T>(s2, l2)?;
+            let shift = slice::<T>(s3, l3)?;
+            let mut y = zeros::<T>(x.len());
+            y.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(ch, (yr, xr))| {
+                let (s, t) = (scale[ch], shift[ch]);
+                match self.a {
+                    None => yr.iter_mut().zip(xr).for_each(|(yv, xv)| *yv = *xv * s + t),
+                    Some(a) => yr.iter_mut().zip(xr).for_each(|(yv, xv)| *yv = a.apply(*xv * s + t)),
+                }
+            });
+            output(y, l1.shape().clone())
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = affine_act_input_grad(y, dy, scale, self.a)?;
+        let (ds, dt) = affine_act_param_grad(x, y, dy, self.a)?;
+        Ok((Some(dx), Some(ds), Some(dt)))
+    }
+}
+
+struct AffineInputGrad {
+    a: Option<Act>,
+}
+
+impl CustomOp3 for AffineInputGrad {
+    fn name(&self) -> &'static str {
+        "affine-act-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l3.shape().elem_count();
+        let n = rows(l1, c, "affine input grad")?;
+        dispatch!(s1, |T| {
+            let y = slice::<T>(s1, l1)?;
+            let dy = slice::<T>(s2, l2)?;
+            let scale = slice::<T>(s3, l3)?;
+            let mut dx = zeros::<T>(y.len());
+            dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))).enumerate().for_each(
+                |(ch, (dxr, (yr, dyr)))| {
+                    let s = scale[ch];
+                    match self.a {
+                        None => dxr.iter_mut().zip(dyr).for_each(|(d, g)| *d = *g * s),
+                        Some(a) => dxr.iter_mut().zip(yr.iter().zip(dyr)).for_each(|(d, (yv, g))| {
+                            *d = if a.passes(*yv) { *g * s } else { T::zero() }
+                        }),
+                    }
+                },
+            );
+            output(dx, l1.shape().clone())
+        })
+    }
+}
+
+struct AffineParamGrad {
+    a: Option<Act>,
+}
+
+impl CustomOp3 for AffineParamGrad {
+    fn name(&self) -> &'static str {
+        "affine-act-param-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l1.dims()[0];
+        let n = rows(l1, c, "affine param grad")?;
+        dispatch!(s1, |T| {
+            let x = slice::<T>(s1, l1)?;
+            let y = slice::<T>(s2, l2)?;
+            let dy = slice::<T>(s3, l3)?;
+            let mut out = zeros::<T>(2 * c);
+            out.par_chunks_mut(2).enumerate().for_each(|(ch, o)| {
+                let r = ch * n..(ch + 1) * n;
+                let (xr, yr, dyr) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+                let (mut ds, mut dt) = (T::zero(), T::zero());
+                for ((xv, yv), g) in xr.iter().zip(yr).zip(dyr) {
+                    let g = match self.a {
+                        Some(a) if !a.passes(*yv) => T::zero(),
+                        _ => *g,
+                    };
+                    ds += g * *xv;
+                    dt += g;
+                }
+                o[0] = ds;
+                o[1] = dt;
+            });
+            output(out, (c, 2))
+        })
+    }
+}

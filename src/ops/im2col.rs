@@ -1,0 +1,115 @@
+//! im2col / col2im over (C,B,H,W) activations, so dense convolutions become one
+//! (O, C*K*K) x (C*K*K, B*Ho*Wo) matmul. With K = 1 and stride 2 this is the
+//! strided subsampling of Xception's residual 1x1 convolutions.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::storage::{dispatch, output, slice, zeros};
+use super::Geom;
+
+/// (C,B,H,W) -> (C*K*K, B*Ho*Wo); row = c*K*K + a*K + b.
+pub fn im2col(x: &Tensor, g: Geom) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Im2Col { g })
+}
+
+/// Adjoint of `im2col`: scatter-adds (C*K*K, B*Ho*Wo) back into (C,B,H,W).
+pub fn col2im(cols: &Tensor, g: Geom) -> Result<Tensor> {
+    cols.contiguous()?.apply_op1_no_bwd(&Col2Im { g })
+}
+
+struct Im2Col {
+    g: Geom,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let (c, b) = match l.dims() {
+            [c, b, h, w] if *h == g.in_h && *w == g.in_w => (*c, *b),
+            d => candle_core::bail!("im2col: expected (C,B,{},{}), got {d:?}", g.in_h, g.in_w),
+        };
+        let kk = g.k * g.k;
+        let ncols = b * g.out_plane();
+        dispatch!(s, |T| {
+            let x = slice::<T>(s, l)?;
+            let mut cols = zeros::<T>(c * kk * ncols);
+            cols.par_chunks_mut(ncols).enumerate().for_each(|(row, out)| {
+                let (ch, tap) = (row / kk, row % kk);
+                let (a, bb) = (tap / g.k, tap % g.k);
+                let (lo, hi) = g.valid_cols(bb);
+                for img in 0..b {
+                    let xp = &x[(ch * b + img) * g.in_plane()..(ch * b + img + 1) * g.in_plane()];
+                    let op = &mut out[img * g.out_plane()..(img + 1) * g.out_plane()];
+                    for oi in 0..g.out_h {
+                        let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
+                        let orow = &mut op[oi * g.out_w..(oi + 1) * g.out_w];
+                        let xrow = &xp[r * g.in_w..(r + 1) * g.in_w];
+                        if lo < hi {
+                            let x0 = lo * g.stride + bb - g.pad_left;
+                            for (n, o) in orow[lo..hi].iter_mut().enumerate() {
+                                *o = xrow[x0 + n * g.stride];
+                            }
+                        }
+                    }
+                }
+            });
+            output(cols, (c * kk, ncols))
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, dcols: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(col2im(dcols, self.g)?))
+    }
+}
+
+struct Col2Im {
+    g: Geom,
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let kk = g.k * g.k;
+        let (rows, ncols) = match l.dims() {
+            [r, n] if r % kk == 0 && n % g.out_plane() == 0 => (*r, *n),
+            d => candle_core::bail!("col2im: expected (C*{kk}, B*{}), got {d:?}", g.out_plane()),
+        };
+        let (c, b) = (rows / kk, ncols / g.out_plane());
+        dispatch!(s, |T| {
+            let cols = slice::<T>(s, l)?;
+            let mut dx = zeros::<T>(c * b * g.in_plane());
+            dx.par_chunks_mut(b * g.in_plane()).enumerate().for_each(|(ch, dxc)| {
+                for tap in 0..kk {
+                    let (a, bb) = (tap / g.k, tap % g.k);
+                    let (lo, hi) = g.valid_cols(bb);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let x0 = lo * g.stride + bb - g.pad_left;
+                    let src = &cols[(ch * kk + tap) * ncols..(ch * kk + tap + 1) * ncols];
+                    for img in 0..b {
+                        let dxp = &mut dxc[img * g.in_plane()..(img + 1) * g.in_plane()];
+                        for oi in 0..g.out_h {
+                            let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
+                            let srow = &src[img * g.out_plane() + oi * g.out_w..][..g.out_w];
+                            let dxrow = &mut dxp[r * g.in_w..(r + 1) * g.in_w];
+                            for (n, v) in srow[lo..hi].iter().enumerate() {
+                                dxrow[x0 + n * g.stride] += *v;
+                            }
+                        }
+                    }
+                }
+            });
+            output(dx, (c, b, g.in_h, g.in_w))
+        })
+    }
+}

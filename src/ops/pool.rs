@@ -1,0 +1,112 @@
+//! Max pooling with TensorFlow 'same' padding and any stride, forward and
+//! backward (Candle's max_pool2d has no padding and its backward needs
+//! kernel == stride; Xception pools 3x3 with stride 2).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::storage::{dispatch, output, slice, zeros, CpuElem};
+use super::Geom;
+
+/// Max over each KxK window of every (C,B) plane; padding never wins.
+pub fn max_pool(x: &Tensor, g: Geom) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool { g })
+}
+
+/// dL/dx: each output's gradient goes to the first maximum of its window.
+pub fn max_pool_grad(x: &Tensor, dy: &Tensor, g: Geom) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &MaxPoolGrad { g })
+}
+
+fn planes(l: &Layout, g: &Geom) -> Result<usize> {
+    match l.dims() {
+        [c, b, h, w] if *h == g.in_h && *w == g.in_w => Ok(c * b),
+        d => candle_core::bail!("max_pool: expected (C,B,{},{}), got {d:?}", g.in_h, g.in_w),
+    }
+}
+
+/// Index (within the plane) of the first maximum of window (oi, oj).
+#[inline]
+fn argmax<T: CpuElem>(x: &[T], g: &Geom, oi: usize, oj: usize) -> usize {
+    let mut best = usize::MAX;
+    let mut best_v = T::neg_infinity();
+    for a in 0..g.k {
+        let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
+        for b in 0..g.k {
+            let Some(c) = Geom::src(oj, b, g.stride, g.pad_left, g.in_w) else { continue };
+            let v = x[r * g.in_w + c];
+            if best == usize::MAX || v > best_v {
+                best = r * g.in_w + c;
+                best_v = v;
+            }
+        }
+    }
+    best
+}
+
+struct MaxPool {
+    g: Geom,
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool-same"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let n = planes(l, g)?;
+        let dims = l.dims().to_vec();
+        dispatch!(s, |T| {
+            let x = slice::<T>(s, l)?;
+            let mut y = zeros::<T>(n * g.out_plane());
+            y.par_chunks_mut(g.out_plane()).enumerate().for_each(|(p, yp)| {
+                let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                for oi in 0..g.out_h {
+                    for oj in 0..g.out_w {
+                        yp[oi * g.out_w + oj] = xp[argmax(xp, g, oi, oj)];
+                    }
+                }
+            });
+            output(y, (dims[0], dims[1], g.out_h, g.out_w))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(max_pool_grad(x, dy, self.g)?))
+    }
+}
+
+struct MaxPoolGrad {
+    g: Geom,
+}
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "max-pool-same-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let n = planes(l1, g)?;
+        if l2.shape().elem_count() != n * g.out_plane() {
+            candle_core::bail!("max_pool_grad: grad {:?} does not match input {:?}", l2.dims(), l1.dims());
+        }
+        let shape = l1.shape().clone();
+        dispatch!(s1, |T| {
+            let x = slice::<T>(s1, l1)?;
+            let dy = slice::<T>(s2, l2)?;
+            let mut dx = zeros::<T>(n * g.in_plane());
+            dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(p, dxp)| {
+                let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
+                for oi in 0..g.out_h {
+                    for oj in 0..g.out_w {
+                        dxp[argmax(xp, g, oi, oj)] += dyp[oi * g.out_w + oj];
+                    }
+                }
+            });
+            output(dx, shape)
+        })
+    }
+}

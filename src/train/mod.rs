@@ -1,0 +1,85 @@
+//! Training: the notebook's two-stage transfer-learning recipe.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::BackboneKind;
+
+/// Hyper-parameters of one training run; defaults are the notebook's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub backbone: BackboneKind,
+    /// Square input size; 0 = the backbone's default (150 Xception, 224 MobileNetV2).
+    pub image_size: usize,
+    pub batch_size: usize,
+    /// Stage 1: frozen base, head only.
+    pub frozen_epochs: usize,
+    pub frozen_lr: f64,
+    /// Stage 2: whole network, BatchNorm statistics frozen.
+    pub finetune_epochs: usize,
+    pub finetune_lr: f64,
+    pub dropout: f32,
+    /// Early stopping: epochs without validation-loss improvement (0 = off).
+    pub patience: usize,
+    pub augment: bool,
+    /// Fraction held out for validation when the dataset has no validation split.
+    pub validation_split: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            backbone: BackboneKind::Xception,
+            image_size: 0,
+            batch_size: 32,
+            frozen_epochs: 20,
+            frozen_lr: 1e-3,
+            finetune_epochs: 10,
+            finetune_lr: 1e-5,
+            dropout: 0.2,
+            patience: 5,
+            augment: false,
+            validation_split: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Features,
+    Frozen,
+    Finetune,
+}
+
+/// Loss and accuracy (accuracy at logit > 0 for two classes, argmax otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Metrics {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// Progress reported while a run goes; the service stores and streams these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Every N steps inside an epoch.
+    Progress { stage: Stage, epoch: usize, epochs: usize, step: usize, steps: usize },
+    /// End of an epoch.
+    Epoch { stage: Stage, epoch: usize, epochs: usize, train: Metrics, validation: Metrics, seconds: f64 },
+    /// A checkpoint was written (directory name under the run's output dir).
+    Checkpoint { stage: Stage, epoch: usize, name: String, validation: Metrics },
+    Message { text: String },
+}
+
+// The entry point the CLI and the job worker call (implemented in `recipe`):
+//
+//   pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) -> Result<Summary, TrainError>
+//
+// `RunSpec` names the dataset root + manifest, the pretrained weights file
+// (product safetensors) or a seeded tiny network, the output directory for
+// checkpoints, whether to resume, and the device. Checkpoints are directories
+// `<out>/<stage>-<epoch>/` with `model.safetensors`, `optimizer.safetensors`
+// and `meta.json`; `<out>/best.json` names the best one.

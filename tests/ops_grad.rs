@@ -1,0 +1,134 @@
+//! Every custom op: gradients against central finite differences in f64, and
+//! forward/backward against plain Candle ops where Candle has an equivalent.
+
+use candle_core::{DType, Device, Tensor, Var};
+use tuneserve::ops::{self, Act, Geom};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+/// Checks d(sum(f(inputs) * w))/d(inputs) from autograd against central
+/// differences, for every element of every input.
+fn grad_check(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&ts);
+    let w = rand(out.dims(), 99);
+    let loss = (out * &w).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let eps = 1e-6;
+    for (i, v) in vars.iter().enumerate() {
+        let g = to_vec(grads.get(v).expect("no gradient"));
+        let base = to_vec(v.as_tensor());
+        for j in 0..base.len() {
+            let eval = |delta: f64| {
+                let mut p = base.clone();
+                p[j] += delta;
+                let mut args = inputs.to_vec();
+                args[i] = Tensor::from_vec(p, inputs[i].dims(), &Device::Cpu).unwrap();
+                (f(&args) * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            };
+            let num = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            assert!((num - g[j]).abs() <= 1e-6 * (1.0 + num.abs()), "input {i} elem {j}: autograd {} vs numeric {num}", g[j]);
+        }
+    }
+}
+
+fn close(a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    assert!(d <= tol, "max diff {d} > {tol}");
+}
+
+/// (C,B,H,W) <-> (B,C,H,W) for comparing with Candle's NCHW convolutions.
+fn swap01(t: &Tensor) -> Tensor {
+    t.transpose(0, 1).unwrap().contiguous().unwrap()
+}
+
+#[test]
+fn depthwise_gradients_match_finite_differences() {
+    for (h, w, stride) in [(5, 6, 1), (7, 6, 2), (4, 4, 2)] {
+        let g = Geom::same(h, w, 3, stride);
+        grad_check(&[rand(&[3, 2, h, w], 1), rand(&[3, 9], 2)], &|a| ops::depthwise(&a[0], &a[1], g).unwrap());
+    }
+}
+
+#[test]
+fn depthwise_matches_candle_grouped_conv() {
+    let (c, b, h, w) = (4, 2, 9, 9);
+    let x = rand(&[c, b, h, w], 3);
+    let k = rand(&[c, 9], 4);
+    let ours = ops::depthwise(&x, &k, Geom::same(h, w, 3, 1)).unwrap();
+    let reference = swap01(&x).conv2d(&k.reshape((c, 1, 3, 3)).unwrap(), 1, 1, 1, c).unwrap();
+    close(&ours, &swap01(&reference), 1e-12);
+}
+
+#[test]
+fn im2col_gradients_match_finite_differences() {
+    for (h, w, k, stride, same) in [(6, 5, 3, 2, false), (5, 5, 3, 1, true), (9, 9, 1, 2, true)] {
+        let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
+        grad_check(&[rand(&[2, 2, h, w], 5)], &|a| ops::im2col(&a[0], g).unwrap());
+    }
+}
+
+#[test]
+fn im2col_conv_matches_candle_conv2d() {
+    let (c, b, h, w, o) = (3, 2, 11, 11, 5);
+    let x = rand(&[c, b, h, w], 6);
+    let wt = rand(&[o, c, 3, 3], 7);
+    let g = Geom::valid(h, w, 3, 2);
+    let ours = wt.reshape((o, c * 9)).unwrap().matmul(&ops::im2col(&x, g).unwrap()).unwrap();
+    let ours = ours.reshape((o, b, g.out_h, g.out_w)).unwrap();
+    let reference = swap01(&x).conv2d(&wt, 0, 2, 1, 1).unwrap();
+    close(&ours, &swap01(&reference), 1e-12);
+}
+
+#[test]
+fn max_pool_gradients_match_finite_differences() {
+    for (h, w) in [(6, 6), (9, 9), (5, 7)] {
+        let g = Geom::same(h, w, 3, 2);
+        grad_check(&[rand(&[2, 2, h, w], 8)], &|a| ops::max_pool(&a[0], g).unwrap());
+    }
+}
+
+#[test]
+fn max_pool_matches_candle_without_padding() {
+    let x = rand(&[2, 3, 8, 8], 9);
+    let ours = ops::max_pool(&x, Geom::valid(8, 8, 2, 2)).unwrap();
+    let reference = swap01(&x).max_pool2d_with_stride(2, 2).unwrap();
+    close(&ours, &swap01(&reference), 0.0);
+}
+
+#[test]
+fn affine_act_gradients_match_finite_differences() {
+    for a in [None, Some(Act::Relu), Some(Act::Relu6)] {
+        let x = (rand(&[3, 2, 4, 4], 10) * 4.0).unwrap();
+        grad_check(&[x, rand(&[3], 11), rand(&[3], 12)], &|t| ops::affine_act(&t[0], &t[1], &t[2], a).unwrap());
+    }
+}
+
+#[test]
+fn act_gradients_match_finite_differences_and_candle() {
+    let x = (rand(&[2, 3, 5, 5], 13) * 8.0).unwrap();
+    grad_check(&[x.clone()], &|t| ops::act(&t[0], Act::Relu).unwrap());
+    grad_check(&[x.clone()], &|t| ops::act(&t[0], Act::Relu6).unwrap());
+    close(&ops::act(&x, Act::Relu).unwrap(), &x.relu().unwrap(), 0.0);
+    close(&ops::act(&x, Act::Relu6).unwrap(), &x.clamp(0.0, 6.0).unwrap(), 0.0);
+}
+
+#[test]
+fn ops_run_in_f32() {
+    let x = rand(&[2, 2, 6, 6], 14).to_dtype(DType::F32).unwrap();
+    let k = rand(&[2, 9], 15).to_dtype(DType::F32).unwrap();
+    let y = ops::depthwise(&x, &k, Geom::same(6, 6, 3, 1)).unwrap();
+    assert_eq!(y.dtype(), DType::F32);
+}
