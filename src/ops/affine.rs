@@ -3,6 +3,7 @@
 //! scale/shift come from the trainable gamma/beta (see `model::layers::FrozenBn`).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::act::Act;

@@ -23,7 +23,10 @@ impl CpuElem for f32 {
     fn cpu_slice(s: &CpuStorage) -> Result<&[f32]> {
         match s {
             CpuStorage::F32(v) => Ok(v),
-            _ => candle_core::bail!("custom op expects f32 or f64, got {:?}", s.dtype()),
+            _ => {
+                use candle_core::backend::BackendStorage;
+                candle_core::bail!("custom op expects f32 or f64, got {:?}", s.dtype())
+            }
         }
     }
     fn into_storage(v: Vec<f32>) -> CpuStorage {
@@ -35,7 +38,10 @@ impl CpuElem for f64 {
     fn cpu_slice(s: &CpuStorage) -> Result<&[f64]> {
         match s {
             CpuStorage::F64(v) => Ok(v),
-            _ => candle_core::bail!("custom op expects f32 or f64, got {:?}", s.dtype()),
+            _ => {
+                use candle_core::backend::BackendStorage;
+                candle_core::bail!("custom op expects f32 or f64, got {:?}", s.dtype())
+            }
         }
     }
     fn into_storage(v: Vec<f64>) -> CpuStorage {
@@ -55,7 +61,10 @@ macro_rules! dispatch {
                 type $t = f64;
                 $body
             }
-            other => candle_core::bail!("custom op expects f32 or f64, got {:?}", other.dtype()),
+            other => {
+                use candle_core::backend::BackendStorage;
+                candle_core::bail!("custom op expects f32 or f64, got {:?}", other.dtype())
+            }
         }
     };
 }

@@ -83,3 +83,25 @@ pub enum Event {
 // checkpoints, whether to resume, and the device. Checkpoints are directories
 // `<out>/<stage>-<epoch>/` with `model.safetensors`, `optimizer.safetensors`
 // and `meta.json`; `<out>/best.json` names the best one.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod loss;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training was cancelled")]
+    Cancelled,
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error("dataset problem: {0}")]
+    Data(String),
+    #[error("checkpoint problem: {0}")]
+    Checkpoint(String),
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad checkpoint metadata: {0}")]
+    Json(#[from] serde_json::Error),
+}

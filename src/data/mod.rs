@@ -1,0 +1,3 @@
+//! Data: image decoding and preprocessing, datasets on disk.
+
+pub mod dataset;
