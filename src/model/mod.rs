@@ -4,6 +4,7 @@ pub mod backbone;
 pub mod head;
 pub mod mobilenet_v2;
 pub mod net;
+pub mod profile;
 pub mod xception;
 
 use candle_core::{Device, Result, Tensor};
