@@ -43,6 +43,28 @@ pub enum WeightsError {
         origin: String,
         problems: Vec<String>,
     },
+
+    #[error("download of {url} failed: {detail}\n{hint}")]
+    Download {
+        url: String,
+        detail: String,
+        hint: String,
+    },
+
+    #[error(
+        "checksum mismatch for {url}: expected {algo} {expected}, got {found} \
+         (corrupted download, proxy page, or a different file)\n{hint}"
+    )]
+    Checksum {
+        url: String,
+        algo: &'static str,
+        expected: String,
+        found: String,
+        hint: String,
+    },
+
+    #[error("`{value}` is not a checksum: give a sha256 (64 hex digits) or md5 (32 hex digits)")]
+    InvalidHash { value: String },
 }
 
 impl WeightsError {

@@ -8,6 +8,7 @@
 //! `head.kernel`/`head.bias`; several head layers are `head/<layer>.<var>`.
 
 mod error;
+pub mod fetch;
 mod import;
 mod keras3;
 mod keras_h5;
