@@ -11,4 +11,5 @@ pub mod alloc;
 pub mod data;
 pub mod model;
 pub mod ops;
+pub mod serve;
 pub mod train;

@@ -1,3 +1,5 @@
 //! Data: image decoding and preprocessing, datasets on disk.
 
 pub mod dataset;
+pub mod image;
+pub mod loader;

@@ -1,0 +1,5 @@
+//! Serving trained models.
+
+pub mod predictor;
+
+pub use predictor::{Prediction, Predictor};
