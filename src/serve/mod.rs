@@ -1,0 +1,6 @@
+//! Serving: the model registry (default model, hot swap on publish) and the
+//! batching queue in front of each loaded model.
+
+pub mod batcher;
+pub mod predictor;
+pub mod registry;
