@@ -7,6 +7,7 @@
 //! - `train`: the two-stage recipe, optimiser, loss, checkpoints.
 //! - `store`, `jobs`, `serve`, `api`: the service.
 
+pub mod alloc;
 pub mod data;
 pub mod model;
 pub mod ops;

@@ -3,7 +3,8 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use tuneserve::model::{Backbone, BackboneKind, Variant};
+use tuneserve::model::net::{Net, Node};
+use tuneserve::model::{Backbone, BackboneKind, Head, Variant};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -30,7 +31,7 @@ fn check(name: &str, ours: &Tensor, reference: &Tensor) {
 fn xception_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
-    let weights = common::xception_weights(&dev);
+    let weights = common::xception_weights();
     let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &weights, false, &dev).unwrap();
     let net = &bb.net;
     let input = &golden["input"];
@@ -48,12 +49,69 @@ fn xception_matches_keras_layer_by_layer() {
     check("gap", &gap, &golden["gap"]);
 }
 
+/// Names of the parameters a node (and its children) uses.
+fn param_names(net: &Net, node: &Node, out: &mut Vec<String>) {
+    match node {
+        Node::Conv { w, .. } | Node::Depthwise { w, .. } => out.push(net.params[*w].name.clone()),
+        Node::Bn { gamma, .. } => out.push(net.params[*gamma].name.clone()),
+        Node::Residual { main, shortcut } => main.iter().chain(shortcut).for_each(|n| param_names(net, n, out)),
+        _ => {}
+    }
+}
+
 #[test]
 fn mobilenet_v2_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(common::fixture("golden/mobilenet_v2_golden.safetensors"), &dev).unwrap();
-    let weights = common::mobilenet_v2_weights(&dev);
+    let weights = common::mobilenet_v2_weights();
     let bb = Backbone::build(BackboneKind::MobilenetV2, Variant::Full, &weights, false, &dev).unwrap();
-    let fv = bb.features(&golden["input"]).unwrap();
+    let net = &bb.net;
+    let input = &golden["input"];
+    let mut x = input.permute((3, 0, 1, 2)).unwrap().contiguous().unwrap();
+    // A tap is the output of the last node that uses the scope's last BatchNorm.
+    let taps = [
+        ("Conv/Relu6", "MobilenetV2/Conv/BatchNorm/gamma"),
+        ("expanded_conv_2/output", "MobilenetV2/expanded_conv_2/project/BatchNorm/gamma"),
+        ("expanded_conv_5/output", "MobilenetV2/expanded_conv_5/project/BatchNorm/gamma"),
+        ("expanded_conv_12/output", "MobilenetV2/expanded_conv_12/project/BatchNorm/gamma"),
+        ("expanded_conv_16/output", "MobilenetV2/expanded_conv_16/project/BatchNorm/gamma"),
+        ("Conv_1/Relu6", "MobilenetV2/Conv_1/BatchNorm/gamma"),
+    ];
+    let mut seen = 0;
+    for node in &net.nodes {
+        x = net.run_nodes(std::slice::from_ref(node), x).unwrap();
+        let mut names = Vec::new();
+        param_names(net, node, &mut names);
+        for (tap, param) in taps {
+            if names.iter().any(|n| n == param) {
+                check(tap, &nhwc(&x), &golden[tap]);
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, taps.len(), "not every tap was reached");
+    let fv = bb.features(input).unwrap();
     check("feature_vector", &fv, &golden["feature_vector"]);
+    // The file's own Dense head, through the product's Head.
+    let k = weights.get("head.kernel").expect("dogcat head kernel");
+    let b = weights.get("head.bias").expect("dogcat head bias");
+    let head = Head::from_tensors(
+        Tensor::from_slice(&k.data, k.shape.as_slice(), &dev).unwrap(),
+        Tensor::from_slice(&b.data, b.shape.as_slice(), &dev).unwrap(),
+        0.0,
+    )
+    .unwrap();
+    check("dogcat_head_logits", &head.forward(&fv).unwrap(), &golden["dogcat_head_logits"]);
+}
+
+#[test]
+fn kitchenware_head_on_our_gap_matches_keras_logits() {
+    let dev = Device::Cpu;
+    let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let head = candle_core::safetensors::load(common::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &common::xception_weights(), false, &dev).unwrap();
+    let gap = bb.features(&golden["input"]).unwrap();
+    let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
+    let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
+    check("head_logits", &logits, &golden["head_logits"]);
 }

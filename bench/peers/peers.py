@@ -5,7 +5,7 @@ Prints exactly one JSON line on stdout; everything else (framework chatter) goes
 
     python bench/peers/peers.py --framework keras|torch --workload infer|latency|stage1|stage2 \
         [--model xception|mobilenetv2] [--size 150] [--batch 32] [--iters N] [--warmup N] \
-        [--threads 2] [--channels-last] [--weights PATH]
+        [--threads 2] [--channels-last] [--flush-denormal] [--weights PATH]
 
 Workloads (random inputs in [-1, 1], random 0/1 labels; see README.md):
   infer    forward pass of the headless base in inference mode, batch --batch
@@ -25,7 +25,7 @@ import sys
 import time
 
 DEFAULT_ITERS = {"infer": 10, "latency": 30, "stage1": 8, "stage2": 6}
-DEFAULT_WARMUP = {"infer": 2, "latency": 5, "stage1": 2, "stage2": 2}
+DEFAULT_WARMUP = {"infer": 3, "latency": 5, "stage1": 3, "stage2": 2}
 LR = {"stage1": 1e-3, "stage2": 1e-5}
 
 
@@ -40,12 +40,16 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up iterations (default: %s)" % DEFAULT_WARMUP)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (TF inter_op is 1; torch interop 1)")
     p.add_argument("--channels-last", action="store_true", help="torch only: NHWC memory format for model and input")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch only: torch.set_flush_denormal(True) (TF flushes denormals in its own threads)")
     p.add_argument("--weights", default=None,
                    help="keras only: path to an .h5 weights file for the base (default: random init, weights=None)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.framework == "keras" and a.channels_last:
         p.error("--channels-last applies to torch only (Keras/TF is NHWC already)")
+    if a.framework == "keras" and a.flush_denormal:
+        p.error("--flush-denormal applies to torch only")
     if a.framework == "torch" and a.weights:
         p.error("--weights applies to keras only (torch uses random weights; speed does not depend on them)")
     if a.workload == "latency":
@@ -107,6 +111,8 @@ def run_keras(a):
         "keras_version": keras.__version__,
         "tf_version": tf.__version__,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(on)"),
+        "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
     }
 
     if a.workload in ("infer", "latency"):
@@ -178,6 +184,8 @@ def run_torch(a):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    if a.flush_denormal:
+        torch.set_flush_denormal(True)
     import timm
 
     torch.manual_seed(a.seed)
@@ -188,7 +196,10 @@ def run_torch(a):
         "timm_version": timm.__version__,
         "timm_model": name,
         "channels_last": a.channels_last,
+        "flush_denormal": a.flush_denormal,
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
     }
     x = (torch.rand(a.batch, 3, a.size, a.size) * 2 - 1).contiguous(memory_format=mf)
     y = torch.randint(0, 2, (a.batch, 1)).float()

@@ -4,6 +4,8 @@ pub mod backbone;
 pub mod head;
 pub mod mobilenet_v2;
 pub mod net;
+pub mod profile;
+pub mod weights;
 pub mod xception;
 
 use candle_core::{Device, Result, Tensor};
@@ -61,5 +63,17 @@ impl WeightSource for std::collections::HashMap<String, Tensor> {
             candle_core::bail!("tensor {name:?} has shape {:?}, the network needs {want:?}", t.dims());
         }
         layout.from_keras(t)
+    }
+}
+
+/// Imported weights (any format `WeightSet::from_file` reads) feed a network directly.
+impl WeightSource for weights::WeightSet {
+    fn tensor(&self, name: &str, layout: &ParamLayout) -> Result<Tensor> {
+        let t = self.get(name).ok_or_else(|| candle_core::Error::Msg(format!("weights have no tensor {name:?}")))?;
+        let want = layout.keras_shape();
+        if t.shape != want {
+            candle_core::bail!("tensor {name:?} has shape {:?}, the network needs {want:?}", t.shape);
+        }
+        layout.from_keras(&Tensor::from_slice(&t.data, t.shape.as_slice(), &Device::Cpu)?)
     }
 }

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::profile::timed;
 use crate::ops::{self, Act, Geom};
 
 /// How a window op pads, resolved against the input size at run time, so one
@@ -191,21 +192,22 @@ impl Net {
                 let wt = self.p(*wi);
                 let o = wt.dim(0)?;
                 let y = if *k == 1 && *stride == 1 {
-                    wt.matmul(&x.reshape((c, b * h * w))?)?
+                    timed("fwd pointwise matmul", || wt.matmul(&x.reshape((c, b * h * w))?))?
                 } else {
-                    wt.matmul(&ops::im2col(x, g)?)?
+                    let cols = timed("fwd im2col", || ops::im2col(x, g))?;
+                    timed("fwd conv matmul", || wt.matmul(&cols))?
                 };
                 let y = y.reshape((o, b, g.out_h, g.out_w))?;
                 (y, record.then(|| Saved::Conv { x: x.clone(), g }))
             }
             Node::Depthwise { w: wi, k, stride, pad } => {
                 let g = pad.geom(h, w, *k, *stride);
-                let y = ops::depthwise(x, self.p(*wi), g)?;
+                let y = timed("fwd depthwise", || ops::depthwise(x, self.p(*wi), g))?;
                 (y, record.then(|| Saved::Depthwise { x: x.clone(), g }))
             }
             Node::Bn { gamma, beta, mean, var, eps, act } => {
                 let (scale, shift, inv_std) = self.bn_scale_shift(*gamma, *beta, *mean, *var, *eps)?;
-                let y = ops::affine_act(x, &scale, &shift, *act)?;
+                let y = timed("fwd bn", || ops::affine_act(x, &scale, &shift, *act))?;
                 let saved = record.then(|| Saved::Bn {
                     x: x.clone(),
                     y: y.clone(),
@@ -216,20 +218,20 @@ impl Net {
                 (y, saved)
             }
             Node::Act(a) => {
-                let y = ops::act(x, *a)?;
+                let y = timed("fwd act", || ops::act(x, *a))?;
                 let saved = record.then(|| Saved::Act { y: y.clone() });
                 (y, saved)
             }
             Node::MaxPool { k, stride, pad } => {
                 let g = pad.geom(h, w, *k, *stride);
-                let y = ops::max_pool(x, g)?;
+                let y = timed("fwd maxpool", || ops::max_pool(x, g))?;
                 (y, record.then(|| Saved::MaxPool { x: x.clone(), g }))
             }
             Node::Residual { main, shortcut } => {
                 let (mut tm, mut ts) = (Vec::new(), Vec::new());
                 let ym = self.run(main, x.clone(), record.then_some(&mut tm))?;
                 let ys = self.run(shortcut, x.clone(), record.then_some(&mut ts))?;
-                ((ym + ys)?, record.then_some(Saved::Residual { main: tm, shortcut: ts }))
+                (timed("fwd add", || ym + ys)?, record.then_some(Saved::Residual { main: tm, shortcut: ts }))
             }
             Node::Rescale { mul, add } => (x.affine(*mul, *add)?, record.then_some(Saved::Rescale)),
         })
@@ -271,34 +273,34 @@ impl Net {
                 let o = wt.dim(0)?;
                 let dy2 = dy.reshape((o, b * g.out_plane()))?;
                 let pointwise = *k == 1 && *stride == 1;
-                let cols = if pointwise { x.reshape((c, b * h * w))? } else { ops::im2col(&x, g)? };
-                self.set_grad(grads, *wi, dy2.matmul(&cols.t()?)?);
+                let cols = if pointwise { x.reshape((c, b * h * w))? } else { timed("bwd im2col", || ops::im2col(&x, g))? };
+                self.set_grad(grads, *wi, timed("bwd conv dW matmul", || dy2.matmul(&cols.t()?))?);
                 drop(cols);
                 if !want_dx {
                     return Ok(None);
                 }
-                let dcols = wt.t()?.matmul(&dy2)?;
-                Some(if pointwise { dcols.reshape((c, b, h, w))? } else { ops::col2im(&dcols, g)? })
+                let dcols = timed("bwd conv dX matmul", || wt.t()?.matmul(&dy2))?;
+                Some(if pointwise { dcols.reshape((c, b, h, w))? } else { timed("bwd col2im", || ops::col2im(&dcols, g))? })
             }
             (Node::Depthwise { w: wi, .. }, Saved::Depthwise { x, g }) => {
-                self.set_grad(grads, *wi, ops::depthwise_kernel_grad(&x, dy, g)?);
-                want_dx.then(|| ops::depthwise_input_grad(dy, self.p(*wi), g)).transpose()?
+                self.set_grad(grads, *wi, timed("bwd depthwise dK", || ops::depthwise_kernel_grad(&x, dy, g))?);
+                want_dx.then(|| timed("bwd depthwise dX", || ops::depthwise_input_grad(dy, self.p(*wi), g))).transpose()?
             }
             (Node::Bn { gamma, beta, act, .. }, Saved::Bn { x, y, scale, inv_std, mean }) => {
-                let (ds, dt) = ops::affine_act_param_grad(&x, &y, dy, *act)?;
+                let (ds, dt) = timed("bwd bn params", || ops::affine_act_param_grad(&x, &y, dy, *act))?;
                 // scale = gamma*inv_std, shift = beta - mean*scale.
                 let dgamma = ((ds - (&mean * &dt)?)? * &inv_std)?;
                 self.set_grad(grads, *gamma, dgamma);
                 self.set_grad(grads, *beta, dt);
-                want_dx.then(|| ops::affine_act_input_grad(&y, dy, &scale, *act)).transpose()?
+                want_dx.then(|| timed("bwd bn dX", || ops::affine_act_input_grad(&y, dy, &scale, *act))).transpose()?
             }
-            (Node::Act(a), Saved::Act { y }) => want_dx.then(|| ops::act_grad(&y, dy, *a)).transpose()?,
-            (Node::MaxPool { .. }, Saved::MaxPool { x, g }) => want_dx.then(|| ops::max_pool_grad(&x, dy, g)).transpose()?,
+            (Node::Act(a), Saved::Act { y }) => want_dx.then(|| timed("bwd act", || ops::act_grad(&y, dy, *a))).transpose()?,
+            (Node::MaxPool { .. }, Saved::MaxPool { x, g }) => want_dx.then(|| timed("bwd maxpool", || ops::max_pool_grad(&x, dy, g))).transpose()?,
             (Node::Residual { main, shortcut }, Saved::Residual { main: tm, shortcut: ts }) => {
                 let dm = self.back(main, tm, dy.clone(), want_dx, grads)?;
                 let ds = if shortcut.is_empty() { Some(dy.clone()) } else { self.back(shortcut, ts, dy.clone(), want_dx, grads)? };
                 match (dm, ds) {
-                    (Some(a), Some(b)) if want_dx => Some((a + b)?),
+                    (Some(a), Some(b)) if want_dx => Some(timed("bwd add", || a + b)?),
                     _ => None,
                 }
             }

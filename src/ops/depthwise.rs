@@ -39,7 +39,9 @@ fn check_kernel(l: &Layout, c: usize, g: &Geom) -> Result<()> {
     Ok(())
 }
 
-fn forward_plane<T: CpuElem>(x: &[T], k: &[T], y: &mut [T], g: &Geom) {
+type Taps = [(usize, usize, usize)];
+
+fn forward_plane<T: CpuElem>(x: &[T], k: &[T], y: &mut [T], g: &Geom, taps: &Taps) {
     y.fill(T::zero());
     for oi in 0..g.out_h {
         let yrow = &mut y[oi * g.out_w..(oi + 1) * g.out_w];
@@ -48,11 +50,10 @@ fn forward_plane<T: CpuElem>(x: &[T], k: &[T], y: &mut [T], g: &Geom) {
             let xrow = &x[r * g.in_w..(r + 1) * g.in_w];
             for b in 0..g.k {
                 let w = k[a * g.k + b];
-                let (lo, hi) = g.valid_cols(b);
+                let (lo, hi, x0) = taps[b];
                 if lo >= hi {
                     continue;
                 }
-                let x0 = lo * g.stride + b - g.pad_left;
                 if g.stride == 1 {
                     for (yv, xv) in yrow[lo..hi].iter_mut().zip(&xrow[x0..x0 + hi - lo]) {
                         *yv += w * *xv;
@@ -67,7 +68,7 @@ fn forward_plane<T: CpuElem>(x: &[T], k: &[T], y: &mut [T], g: &Geom) {
     }
 }
 
-fn input_grad_plane<T: CpuElem>(dy: &[T], k: &[T], dx: &mut [T], g: &Geom) {
+fn input_grad_plane<T: CpuElem>(dy: &[T], k: &[T], dx: &mut [T], g: &Geom, taps: &Taps) {
     dx.fill(T::zero());
     for oi in 0..g.out_h {
         let dyrow = &dy[oi * g.out_w..(oi + 1) * g.out_w];
@@ -76,11 +77,10 @@ fn input_grad_plane<T: CpuElem>(dy: &[T], k: &[T], dx: &mut [T], g: &Geom) {
             let dxrow = &mut dx[r * g.in_w..(r + 1) * g.in_w];
             for b in 0..g.k {
                 let w = k[a * g.k + b];
-                let (lo, hi) = g.valid_cols(b);
+                let (lo, hi, x0) = taps[b];
                 if lo >= hi {
                     continue;
                 }
-                let x0 = lo * g.stride + b - g.pad_left;
                 if g.stride == 1 {
                     for (dxv, dyv) in dxrow[x0..x0 + hi - lo].iter_mut().zip(&dyrow[lo..hi]) {
                         *dxv += w * *dyv;
@@ -96,18 +96,17 @@ fn input_grad_plane<T: CpuElem>(dy: &[T], k: &[T], dx: &mut [T], g: &Geom) {
 }
 
 /// Accumulates the K*K tap gradients of one plane into `dk`.
-fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom) {
+fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, taps: &Taps) {
     for oi in 0..g.out_h {
         let dyrow = &dy[oi * g.out_w..(oi + 1) * g.out_w];
         for a in 0..g.k {
             let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
             let xrow = &x[r * g.in_w..(r + 1) * g.in_w];
             for b in 0..g.k {
-                let (lo, hi) = g.valid_cols(b);
+                let (lo, hi, x0) = taps[b];
                 if lo >= hi {
                     continue;
                 }
-                let x0 = lo * g.stride + b - g.pad_left;
                 let s: T = if g.stride == 1 {
                     dyrow[lo..hi].iter().zip(&xrow[x0..x0 + hi - lo]).map(|(d, x)| *d * *x).sum()
                 } else {
@@ -135,10 +134,11 @@ impl CustomOp2 for Depthwise {
         dispatch!(s1, |T| {
             let x = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
+            let taps = g.col_taps();
             let mut y = zeros::<T>(c * b * g.out_plane());
             y.par_chunks_mut(g.out_plane()).enumerate().for_each(|(p, yp)| {
                 let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                forward_plane(xp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], yp, g);
+                forward_plane(xp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], yp, g, &taps);
             });
             output(y, (c, b, g.out_h, g.out_w))
         })
@@ -167,10 +167,11 @@ impl CustomOp2 for DepthwiseInputGrad {
         dispatch!(s1, |T| {
             let dy = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
+            let taps = g.col_taps();
             let mut dx = zeros::<T>(c * b * g.in_plane());
             dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(p, dxp)| {
                 let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                input_grad_plane(dyp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], dxp, g);
+                input_grad_plane(dyp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], dxp, g, &taps);
             });
             output(dx, (c, b, g.in_h, g.in_w))
         })
@@ -197,13 +198,14 @@ impl CustomOp2 for DepthwiseKernelGrad {
         dispatch!(s1, |T| {
             let x = slice::<T>(s1, l1)?;
             let dy = slice::<T>(s2, l2)?;
+            let taps = g.col_taps();
             let mut dk = zeros::<T>(c * kk);
             dk.par_chunks_mut(kk).enumerate().for_each(|(ch, dkc)| {
                 for img in 0..b {
                     let p = ch * b + img;
                     let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
                     let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                    kernel_grad_plane(xp, dyp, dkc, g);
+                    kernel_grad_plane(xp, dyp, dkc, g, &taps);
                 }
             });
             output(dk, (c, kk))

@@ -70,6 +70,19 @@ impl Geom {
         (i >= 0 && (i as usize) < len).then_some(i as usize)
     }
 
+    /// For each tap column t: (lo, hi, x0) such that output columns lo..hi read
+    /// input columns x0, x0+stride, ... (all inside). Computed once per op so
+    /// the per-row loops carry no bounds logic.
+    pub(crate) fn col_taps(&self) -> Vec<(usize, usize, usize)> {
+        (0..self.k)
+            .map(|t| {
+                let (lo, hi) = self.valid_cols(t);
+                let x0 = if lo < hi { lo * self.stride + t - self.pad_left } else { 0 };
+                (lo, hi, x0)
+            })
+            .collect()
+    }
+
     /// Range of output columns `j` whose input column `j*stride + t - pad_left` is inside.
     #[inline]
     fn valid_cols(&self, t: usize) -> (usize, usize) {

@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use num_traits::Float;
+
 use super::storage::{dispatch, output, slice, zeros, CpuElem};
 use super::Geom;
 
@@ -59,12 +61,26 @@ impl CustomOp1 for MaxPool {
         let dims = l.dims().to_vec();
         dispatch!(s, |T| {
             let x = slice::<T>(s, l)?;
+            // Max is separable: rows first (vectorises along the row), then columns.
+            let taps = g.col_taps();
             let mut y = zeros::<T>(n * g.out_plane());
             y.par_chunks_mut(g.out_plane()).enumerate().for_each(|(p, yp)| {
                 let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                let mut row = vec![T::neg_infinity(); g.in_w];
                 for oi in 0..g.out_h {
-                    for oj in 0..g.out_w {
-                        yp[oi * g.out_w + oj] = xp[argmax(xp, g, oi, oj)];
+                    row.fill(T::neg_infinity());
+                    for a in 0..g.k {
+                        let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
+                        for (m, v) in row.iter_mut().zip(&xp[r * g.in_w..(r + 1) * g.in_w]) {
+                            *m = m.max(*v);
+                        }
+                    }
+                    let yrow = &mut yp[oi * g.out_w..(oi + 1) * g.out_w];
+                    yrow.fill(T::neg_infinity());
+                    for &(lo, hi, x0) in &taps {
+                        for (n, yv) in yrow[lo..hi].iter_mut().enumerate() {
+                            *yv = yv.max(row[x0 + n * g.stride]);
+                        }
                     }
                 }
             });

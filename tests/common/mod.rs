@@ -1,10 +1,9 @@
 //! Shared test helpers: fixture lookup through TUNESERVE_FIXTURES.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use tuneserve::model::weights::WeightSet;
 
 /// A fixture under $TUNESERVE_FIXTURES; panics (never skips) when missing.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -15,10 +14,12 @@ pub fn fixture(rel: &str) -> PathBuf {
     p
 }
 
-pub fn xception_weights(dev: &Device) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load("/tmp/xception_dev.safetensors", dev).unwrap()
+/// The real ImageNet Xception weights, through the product's own Keras import.
+pub fn xception_weights() -> WeightSet {
+    WeightSet::from_file(fixture("weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5")).unwrap()
 }
 
-pub fn mobilenet_v2_weights(dev: &Device) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load("/tmp/mnv2_dev.safetensors", dev).unwrap()
+/// The TF-Hub MobileNetV2 (with its dog/cat Dense head), through the product's import.
+pub fn mobilenet_v2_weights() -> WeightSet {
+    WeightSet::from_file(fixture("weights/mobilenet_v2_tfhub_dogcat_model.h5")).unwrap()
 }
