@@ -1,3 +1,4 @@
 //! Data: image decoding and preprocessing, datasets on disk.
 
 pub mod dataset;
+pub mod ingest;
