@@ -122,3 +122,20 @@ impl From<serde_json::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::data::ingest::IngestError> for ApiError {
+    fn from(e: crate::data::ingest::IngestError) -> Self {
+        use crate::data::ingest::IngestError as E;
+        let msg = e.to_string();
+        match e {
+            E::NotAnArchive(_) => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive", msg),
+            E::UnsafePath(_) => Self::unprocessable("unsafe_path", msg),
+            E::Link(_) => Self::unprocessable("link_entry", msg),
+            E::TooManyEntries(_) => Self::too_large("too_many_entries", msg),
+            E::TooLarge(_) => Self::too_large("archive_too_large", msg),
+            E::Corrupt(_) => Self::unprocessable("corrupt_archive", msg),
+            E::Layout(_) => Self::unprocessable("invalid_dataset", msg),
+            E::Io(_) => Self::internal(msg),
+        }
+    }
+}

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use futures::StreamExt;
 
-use super::body::{check_declared_length, check_id, media_type, not_found, stream_to_file};
+use super::body::{body_chunks, check_declared_length, check_id, media_type, not_found, stream_to_file};
 use super::types::{ClassCount, Dataset, DatasetList, PageQuery, UploadQuery};
 use super::{page_limit, SharedState};
 use crate::data::dataset::Split;
@@ -55,8 +54,8 @@ impl Drop for Staging {
 /// `application/x-tar`, `application/gzip`). Files that are not usable
 /// images are skipped and listed in `rejected`.
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
-    request_body(content_type = ["multipart/form-data", "application/zip", "application/x-tar", "application/gzip"],
-        description = "the archive"),
+    request_body(description = "the archive",
+        content(("multipart/form-data"), ("application/zip"), ("application/x-tar"), ("application/gzip"))),
     responses(
         (status = 201, body = Dataset),
         (status = 400, description = "empty upload or no file field", body = ErrorBody),
@@ -72,7 +71,7 @@ pub async fn create(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
     let limit = st.cfg.max_dataset_bytes;
-    check_declared_length(req.headers(), limit)?;
+    let req = check_declared_length(req, limit).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let mut staging = Staging { dir: st.artifacts.staging_dir().join(&id), keep: false };
     tokio::fs::create_dir_all(&staging.dir).await?;
@@ -82,10 +81,7 @@ pub async fn create(
     let (bytes, file_name) = match mt.as_deref() {
         Some("multipart/form-data") => receive_multipart(req, &archive, limit).await?,
         Some(t) if ARCHIVE_TYPES.contains(&t) => {
-            let chunks = req.into_body().into_data_stream().map(|c| {
-                c.map_err(|e| ApiError::bad_request("body_read_failed", format!("could not read the upload: {e}")))
-            });
-            (write_stream(chunks, &archive, limit).await?, None)
+            (write_stream(body_chunks(req.into_body()), &archive, limit).await?, None)
         }
         other => {
             return Err(ApiError::unsupported_media(format!(

@@ -9,7 +9,6 @@ mod ops;
 mod predict;
 pub mod types;
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::jobs::{self, JobContext};
+use crate::jobs::{spawn_workers, JobContext, STALE_AFTER};
 use crate::serve::batcher::BatchLimits;
 use crate::serve::registry::Registry;
 use crate::store::{ArtifactStore, Db, LocalArtifacts};
@@ -73,13 +72,14 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Runs the service on `listener` until `shutdown` resolves, then stops
+/// Runs the service on `listener` until `shutdown` is cancelled, then stops
 /// taking requests, lets a running job reach its next checkpoint (bounded by
-/// the grace period) and returns.
+/// the grace period) and returns. Cancelling is synchronous, so a caller can
+/// stop the workers from a `Drop`.
 pub async fn serve_with(
     cfg: ServeConfig,
     listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let cfg = Arc::new(cfg);
     std::fs::create_dir_all(&cfg.data_dir)?;
@@ -91,7 +91,7 @@ pub async fn serve_with(
         max_wait: cfg.predict_max_wait(),
         max_queue: cfg.predict_max_queue.max(1),
     };
-    let token = CancellationToken::new();
+    let token = shutdown;
     let state = Arc::new(AppState {
         registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits),
         cfg: cfg.clone(),
@@ -103,7 +103,7 @@ pub async fn serve_with(
         shutdown: token.clone(),
     });
 
-    let resumed = db.requeue_orphans(&cfg.instance, jobs::STALE_AFTER).await?;
+    let resumed = db.requeue_orphans(&cfg.instance, STALE_AFTER).await?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
     }
@@ -117,7 +117,7 @@ pub async fn serve_with(
         shutdown: token.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
-    let workers = jobs::spawn_workers(ctx, cfg.workers)?;
+    let workers = spawn_workers(ctx, cfg.workers)?;
 
     // Load the default model in the background so /ready turns green once it is in memory.
     let warm = state.clone();
@@ -132,15 +132,13 @@ pub async fn serve_with(
     let app = router(state);
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let stop = token.clone();
+    // The token also ends SSE streams and tells the workers.
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown.await;
+            stop.cancelled().await;
             tracing::info!("shutting down: no new requests; a running job stops at its next checkpoint");
-            // Ends SSE streams and tells the workers.
-            stop.cancel();
         })
         .await?;
-    token.cancel();
     tokio::task::spawn_blocking(move || {
         for w in workers {
             let _ = w.join();

@@ -10,7 +10,7 @@ use axum::Json;
 use base64::Engine;
 use rayon::prelude::*;
 
-use super::body::{check_id, media_type, parse_json, read_limited};
+use super::body::{check_declared_length, check_id, media_type, parse_json, read_limited};
 use super::datasets::multipart_error;
 use super::types::{PredictJson, PredictResponse, PredictionOut};
 use super::SharedState;
@@ -25,7 +25,7 @@ use crate::serve::registry::LoadedModel;
 /// fields, or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.
 /// Concurrent requests are batched together on the model's device.
 #[utoipa::path(post, path = "/v1/predict", tag = "predict",
-    request_body(content_type = ["image/jpeg", "image/png", "multipart/form-data", "application/json"], content = PredictJson),
+    request_body(content((PredictJson = "application/json"), ("image/jpeg"), ("image/png"), ("multipart/form-data"))),
     responses(
         (status = 200, body = PredictResponse),
         (status = 400, description = "no image, malformed JSON or base64", body = ErrorBody),
@@ -36,13 +36,14 @@ use crate::serve::registry::LoadedModel;
         (status = 503, description = "no model published yet", body = ErrorBody),
     ))]
 pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<Json<PredictResponse>> {
+    let req = check_declared_length(req, st.cfg.max_predict_bytes as u64).await?;
     let model = st.registry.default_model().await?;
     run(&st, model, req).await
 }
 
 /// Classify images with a given model (same inputs as /v1/predict).
 #[utoipa::path(post, path = "/v1/models/{id}/predict", tag = "predict", params(("id" = String, Path)),
-    request_body(content_type = ["image/jpeg", "image/png", "multipart/form-data", "application/json"], content = PredictJson),
+    request_body(content((PredictJson = "application/json"), ("image/jpeg"), ("image/png"), ("multipart/form-data"))),
     responses((status = 200, body = PredictResponse), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn predict_model(
     State(st): State<SharedState>,
@@ -50,6 +51,7 @@ pub async fn predict_model(
     req: Request,
 ) -> ApiResult<Json<PredictResponse>> {
     check_id("model", &id)?;
+    let req = check_declared_length(req, st.cfg.max_predict_bytes as u64).await?;
     let model = st.registry.model(&id).await?;
     run(&st, model, req).await
 }
@@ -117,8 +119,7 @@ async fn read_images(req: Request, limit: usize) -> ApiResult<Vec<Bytes>> {
             Ok(out)
         }
         Some("application/json") => {
-            let (parts, body) = req.into_parts();
-            let raw = read_limited(&parts.headers, body, limit).await?;
+            let raw = read_limited(req.into_body(), limit).await?;
             let j: PredictJson = parse_json(&raw)?;
             let all: Vec<String> = j.image.into_iter().chain(j.images.unwrap_or_default()).collect();
             all.iter()
@@ -134,8 +135,7 @@ async fn read_images(req: Request, limit: usize) -> ApiResult<Vec<Bytes>> {
                 .collect()
         }
         Some(t) if t.starts_with("image/") || t == "application/octet-stream" => {
-            let (parts, body) = req.into_parts();
-            let raw = read_limited(&parts.headers, body, limit).await?;
+            let raw = read_limited(req.into_body(), limit).await?;
             if raw.is_empty() {
                 return Err(ApiError::bad_request("no_images", "the request body is empty"));
             }

@@ -22,7 +22,13 @@ pub fn init_tracing(json: bool) {
 pub async fn run(args: ServeArgs) -> Result<(), crate::api::ServeError> {
     init_tracing(args.log_json);
     let listener = tokio::net::TcpListener::bind(args.config.bind).await?;
-    crate::api::serve_with(args.config, listener, shutdown_signal()).await
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        t.cancel();
+    });
+    crate::api::serve_with(args.config, listener, token).await
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
