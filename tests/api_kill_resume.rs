@@ -112,7 +112,7 @@ async fn kill_during_stage_two(db: Db) {
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
     let before = assert_checkpoints_complete(&dir.path().join("jobs").join(&id));
-    assert!(before >= 3, "stage 1 (2) and at least one stage-2 checkpoint: {before}");
+    assert!(before >= 2, "stage 1's and at least one stage-2 checkpoint: {before}");
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -129,9 +129,11 @@ async fn kill_during_stage_two(db: Db) {
     };
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], json!(2), "{j}");
-    assert_eq!(assert_checkpoints_complete(&dir.path().join("jobs").join(&id)), 6);
+    let after = assert_checkpoints_complete(&dir.path().join("jobs").join(&id));
     let cks: Value = c.get(format!("{base}/v1/jobs/{id}/checkpoints")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cks["data"].as_array().unwrap().len(), 6, "{cks}");
+    let cks = cks["data"].as_array().unwrap();
+    assert_eq!(cks.len(), after, "listed checkpoints are the ones on disk: {cks:?}");
+    assert!(cks.iter().any(|c| c["stage"] == "finetune"), "{cks:?}");
     // The resumed run started from the last checkpoint, not from scratch:
     // the second attempt's epoch events begin after the killed one's.
     let ev: Value = c.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();

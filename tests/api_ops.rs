@@ -166,7 +166,7 @@ async fn cancel_queued_and_running_jobs() {
     let srv = TestServer::start(Db::Sqlite).await;
     let ds = srv.good_dataset().await;
     // The first job keeps the single worker busy; the second waits queued.
-    let running = srv.create_tiny_job(&ds, 50, 0).await;
+    let running = srv.create_tiny_job(&ds, 1, 500).await;
     let queued = srv.create_tiny_job(&ds, 1, 0).await;
     let (s, j) = srv.post_json(&format!("/v1/jobs/{queued}/cancel"), json!({})).await;
     assert_eq!(s, StatusCode::OK, "{j}");
@@ -195,7 +195,7 @@ async fn cancel_queued_and_running_jobs() {
 async fn graceful_shutdown_checkpoints_then_resumes() {
     let srv = TestServer::start(Db::Sqlite).await;
     let ds = srv.good_dataset().await;
-    let id = srv.create_tiny_job(&ds, 3, 3).await;
+    let id = srv.create_tiny_job(&ds, 3, 20).await;
     // Wait for the first progress, then shut down mid-epoch.
     for _ in 0..2000 {
         if srv.get(&format!("/v1/jobs/{id}")).await.1["step"].is_number() {

@@ -54,12 +54,13 @@ async fn story(db: Db) {
     assert_eq!(rest["data"].as_array().unwrap().len() + 2, events.len());
     assert_eq!(rest["data"][0]["seq"], json!(3));
 
-    // Checkpoints: one per epoch, each downloadable.
+    // Checkpoints: stage 1's best and stage 2's, each downloadable.
     let (s, cks) = srv.get(&format!("/v1/jobs/{job_id}/checkpoints")).await;
     assert_eq!(s, StatusCode::OK);
     let cks = cks["data"].as_array().unwrap().clone();
-    assert_eq!(cks.len(), 3, "{cks:?}");
-    assert_eq!(cks.iter().filter(|c| c["stage"] == "finetune").count(), 1);
+    assert_eq!(cks.iter().filter(|c| c["stage"] == "frozen").count(), 1, "{cks:?}");
+    assert_eq!(cks.iter().filter(|c| c["stage"] == "finetune").count(), 1, "{cks:?}");
+    assert!(cks.iter().all(|c| c["validation_metrics"]["loss"].is_number()), "{cks:?}");
     let url = srv.url(cks[0]["download_url"].as_str().unwrap());
     let tar_bytes = srv.client.get(url).send().await.unwrap().bytes().await.unwrap();
     let mut ar = tar::Archive::new(&tar_bytes[..]);

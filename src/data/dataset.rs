@@ -47,3 +47,97 @@ impl DatasetManifest {
         root.join(&s.path)
     }
 }
+
+/// Folder names that mean "validation split".
+const VALIDATION_DIRS: [&str; 3] = ["validation", "val", "valid"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("dataset folder {0} has no class folders")]
+    NoClasses(String),
+    #[error("need at least 2 classes, found {0}: {1:?}")]
+    OneClass(usize, Vec<String>),
+    #[error("class {0:?} has no files")]
+    EmptyClass(String),
+    #[error("train/ and validation/ have different classes: {0:?} vs {1:?}")]
+    SplitMismatch(Vec<String>, Vec<String>),
+    #[error("i/o error reading the dataset: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn subdirs(p: &Path) -> Result<Vec<String>, ScanError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.file_type()?.is_dir() && !name.starts_with('.') && name != "__MACOSX" {
+            v.push(name);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn files(p: &Path) -> Result<Vec<String>, ScanError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.file_type()?.is_file() && !name.starts_with('.') {
+            v.push(name);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+impl DatasetManifest {
+    /// Scans a class-per-folder dataset: `train/` + `validation/` (each with
+    /// class folders), or class folders directly, optionally inside one
+    /// top-level folder. Files are listed, not decoded: unreadable images are
+    /// rejected when loaded. Refuses fewer than 2 classes or an empty class.
+    pub fn scan(root: &Path) -> Result<Self, ScanError> {
+        let mut base = PathBuf::new();
+        let mut dirs = subdirs(root)?;
+        if dirs.len() == 1 && files(root)?.is_empty() {
+            base = PathBuf::from(&dirs[0]);
+            dirs = subdirs(&root.join(&base))?;
+        }
+        let train_dir = dirs.iter().find(|d| d.as_str() == "train").cloned();
+        let val_dir = dirs.iter().find(|d| VALIDATION_DIRS.contains(&d.as_str())).cloned();
+        let mut m = DatasetManifest::default();
+        let splits: Vec<(PathBuf, Split)> = match &train_dir {
+            Some(t) => {
+                let mut v = vec![(base.join(t), Split::Train)];
+                if let Some(vd) = &val_dir {
+                    v.push((base.join(vd), Split::Validation));
+                    m.has_validation = true;
+                }
+                v
+            }
+            None => vec![(base.clone(), Split::Train)],
+        };
+        let classes = subdirs(&root.join(&splits[0].0))?;
+        if classes.is_empty() {
+            return Err(ScanError::NoClasses(root.join(&splits[0].0).display().to_string()));
+        }
+        if classes.len() < 2 {
+            return Err(ScanError::OneClass(classes.len(), classes));
+        }
+        for (dir, split) in &splits {
+            let here = subdirs(&root.join(dir))?;
+            if here != classes {
+                return Err(ScanError::SplitMismatch(classes.clone(), here));
+            }
+            for (ci, c) in classes.iter().enumerate() {
+                let fs = files(&root.join(dir).join(c))?;
+                if fs.is_empty() && *split == Split::Train {
+                    return Err(ScanError::EmptyClass(c.clone()));
+                }
+                m.samples.extend(fs.into_iter().map(|f| Sample { path: dir.join(c).join(f), class: ci, split: *split }));
+            }
+        }
+        m.classes = classes;
+        Ok(m)
+    }
+}

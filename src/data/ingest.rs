@@ -7,7 +7,8 @@
 //! actually written are bounded (zip bombs lie about sizes, so the declared
 //! size is never trusted), and every image is decoded under header-checked
 //! dimension limits. Files that are not usable images are deleted and
-//! reported, not fatal.
+//! reported, not fatal. The class folders are then read by
+//! [`DatasetManifest::scan`].
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -15,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::dataset::{DatasetManifest, Rejected, Sample, Split};
+use super::dataset::{DatasetManifest, Rejected, ScanError};
 use super::image::{self, DecodeLimits};
 
 /// Bounds on what one archive may contain.
@@ -308,127 +309,17 @@ fn validate_images(dest: &Path, files: &[PathBuf], limits: &IngestLimits) -> Vec
         .collect()
 }
 
-fn subdirs_and_files(dir: &Path) -> io::Result<(Vec<String>, Vec<String>)> {
-    let mut dirs = Vec::new();
-    let mut files = Vec::new();
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type()?.is_dir() {
-            dirs.push(name);
-        } else {
-            files.push(name);
-        }
-    }
-    dirs.sort();
-    files.sort();
-    Ok((dirs, files))
-}
-
-/// All files under `dir`, as paths relative to `base`, sorted.
-fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    let (dirs, files) = subdirs_and_files(dir)?;
-    for f in files {
-        out.push(dir.join(f).strip_prefix(base).map(Path::to_path_buf).unwrap_or_default());
-    }
-    for d in dirs {
-        walk(base, &dir.join(d), out)?;
-    }
-    Ok(())
-}
-
-fn is_split(name: &str) -> bool {
-    matches!(name, "train" | "validation" | "val")
-}
-
-/// Builds the manifest from the extracted (and validated) files under `dest`.
-///
-/// Accepted layouts, optionally inside one top-level folder
-/// (cats_and_dogs_filtered.zip has `cats_and_dogs_filtered/`):
-/// `train/<class>/...` with an optional `validation/<class>/...` (or `val/`),
-/// or just `<class>/...`.
-pub fn scan(dest: &Path, mut rejected: Vec<Rejected>) -> Result<DatasetManifest, IngestError> {
-    let mut root = dest.to_path_buf();
-    loop {
-        let (dirs, files) = subdirs_and_files(&root)?;
-        // One folder and nothing else: a wrapper, unless it is itself the only
-        // class (a folder of images) or a split.
-        if files.is_empty() && dirs.len() == 1 && !is_split(&dirs[0]) {
-            let inner = root.join(&dirs[0]);
-            if !subdirs_and_files(&inner)?.0.is_empty() {
-                root = inner;
-                continue;
-            }
-        }
-        break;
-    }
-    let rel = |p: &Path| display(p.strip_prefix(dest).unwrap_or(p));
-    let (dirs, files) = subdirs_and_files(&root)?;
-    for f in files {
-        rejected.push(Rejected { path: rel(&root.join(f)), reason: "not inside a class folder".into() });
-    }
-
-    let mut split_roots: Vec<(Split, PathBuf)> = Vec::new();
-    if dirs.iter().any(|d| d == "train") {
-        split_roots.push((Split::Train, root.join("train")));
-        if let Some(v) = dirs.iter().find(|d| *d == "validation" || *d == "val") {
-            split_roots.push((Split::Validation, root.join(v)));
-        }
-        for d in dirs.iter().filter(|d| !is_split(d)) {
-            rejected.push(Rejected { path: format!("{}/", rel(&root.join(d))), reason: "folder ignored: the archive has a train/ folder, so only train/ and validation/ are read".into() });
-        }
-    } else {
-        split_roots.push((Split::Train, root.clone()));
-    }
-
-    // Classes: the sorted union of class folders over the splits (Keras order).
-    let mut classes: Vec<String> = Vec::new();
-    for (_, sr) in &split_roots {
-        let (cdirs, cfiles) = subdirs_and_files(sr)?;
-        if sr != &root {
-            for f in cfiles {
-                rejected.push(Rejected { path: rel(&sr.join(f)), reason: "not inside a class folder".into() });
-            }
-        }
-        classes.extend(cdirs);
-    }
-    classes.sort();
-    classes.dedup();
-    if classes.len() < 2 {
-        return Err(IngestError::Layout(format!(
-            "a dataset needs at least 2 class folders, found {}{}",
-            classes.len(),
-            if classes.is_empty() { String::new() } else { format!(" ({})", classes.join(", ")) }
-        )));
-    }
-
-    let mut samples = Vec::new();
-    for (split, sr) in &split_roots {
-        for (ci, class) in classes.iter().enumerate() {
-            let cdir = sr.join(class);
-            if !cdir.is_dir() {
-                continue;
-            }
-            let mut found = Vec::new();
-            walk(dest, &cdir, &mut found)?;
-            samples.extend(found.into_iter().map(|path| Sample { path, class: ci, split: *split }));
-        }
-    }
-    let has_validation = samples.iter().any(|s| s.split == Split::Validation);
-    let manifest = DatasetManifest { classes, samples, rejected, has_validation };
-    let empty: Vec<&str> = (0..manifest.classes.len())
-        .filter(|&c| manifest.count(c, Split::Train) == 0)
-        .map(|c| manifest.classes[c].as_str())
-        .collect();
-    if !empty.is_empty() {
-        return Err(IngestError::Layout(format!(
-            "class folder(s) with no usable training image: {}",
-            empty.join(", ")
-        )));
-    }
-    let mut manifest = manifest;
-    manifest.rejected.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(manifest)
+/// Scans the extracted files with the dataset scanner; the files this
+/// module left out are added to the manifest's `rejected`.
+fn scan(dest: &Path, mut rejected: Vec<Rejected>) -> Result<DatasetManifest, IngestError> {
+    let mut m = DatasetManifest::scan(dest).map_err(|e| match e {
+        ScanError::Io(e) => IngestError::Io(e),
+        e => IngestError::Layout(e.to_string()),
+    })?;
+    rejected.append(&mut m.rejected);
+    rejected.sort_by(|a, b| a.path.cmp(&b.path));
+    m.rejected = rejected;
+    Ok(m)
 }
 
 #[cfg(test)]

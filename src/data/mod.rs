@@ -1,4 +1,6 @@
 //! Data: image decoding and preprocessing, datasets on disk.
 
 pub mod dataset;
+pub mod image;
 pub mod ingest;
+pub mod loader;

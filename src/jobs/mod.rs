@@ -156,8 +156,8 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                 }
             }
             Event::Checkpoint { name, .. } => {
-                if let Err(e) = rt.block_on(record_checkpoint(&ctx.db, &job.id, &job_dir, name)) {
-                    warn!(error = %e, checkpoint = %name, "could not record a checkpoint");
+                if let Err(e) = rt.block_on(sync_checkpoints(&ctx.db, &job.id, &job_dir)) {
+                    warn!(error = %e, checkpoint = %name, "could not record the checkpoints");
                 }
                 // A shutdown waits for this moment: the epoch's work is safe on disk.
                 if flags.shutdown.load(Ordering::Acquire) {
@@ -239,8 +239,9 @@ async fn model_for(
     summary: &train::Summary,
 ) -> Result<(ModelRow, String), String> {
     let name = &summary.best_checkpoint;
-    // The checkpoint event may have been lost to a crash between write and record.
-    record_checkpoint(&ctx.db, &job.id, job_dir, name).await.map_err(|e| format!("best checkpoint {name}: {e}"))?;
+    // The last checkpoint event may have been lost to a crash between write
+    // and record, and the trainer prunes superseded ones at the end.
+    sync_checkpoints(&ctx.db, &job.id, job_dir).await?;
     let ck = ctx
         .db
         .find_checkpoint(&job.id, name)
@@ -271,20 +272,27 @@ pub fn variant_str(v: Variant) -> &'static str {
     }
 }
 
-/// Upserts the checkpoint row from its meta.json.
-async fn record_checkpoint(db: &Db, job_id: &str, job_dir: &std::path::Path, name: &str) -> Result<(), String> {
-    let meta = checkpoint::read_meta(&job_dir.join(name)).map_err(|e| e.to_string())?;
-    let row = CheckpointRow {
-        id: uuid::Uuid::new_v4().to_string(),
-        job_id: job_id.to_string(),
-        name: name.to_string(),
-        stage: stage_str(meta.stage),
-        epoch: meta.epoch as i64,
-        train_metrics: json!(meta.train).to_string(),
-        validation_metrics: json!(meta.validation).to_string(),
-        created_at: db::now_ms(),
-    };
-    db.upsert_checkpoint(&row).await.map_err(|e| e.to_string())
+/// Makes the job's checkpoint rows match the complete checkpoints on disk
+/// (meta.json is written last, so a listed one is whole).
+async fn sync_checkpoints(db: &Db, job_id: &str, job_dir: &std::path::Path) -> Result<(), String> {
+    let on_disk = checkpoint::list(job_dir).map_err(|e| e.to_string())?;
+    let known = db.list_checkpoints(job_id).await.map_err(|e| e.to_string())?;
+    for (name, meta) in &on_disk {
+        let row = CheckpointRow {
+            // Keep the id a client may already hold.
+            id: known.iter().find(|k| &k.name == name).map_or_else(|| uuid::Uuid::new_v4().to_string(), |k| k.id.clone()),
+            job_id: job_id.to_string(),
+            name: name.clone(),
+            stage: stage_str(meta.stage),
+            epoch: meta.epoch as i64,
+            train_metrics: json!(meta.train).to_string(),
+            validation_metrics: json!(meta.validation).to_string(),
+            created_at: known.iter().find(|k| &k.name == name).map_or_else(db::now_ms, |k| k.created_at),
+        };
+        db.upsert_checkpoint(&row).await.map_err(|e| e.to_string())?;
+    }
+    let names: Vec<String> = on_disk.into_iter().map(|(n, _)| n).collect();
+    db.retain_checkpoints(job_id, &names).await.map_err(|e| e.to_string())
 }
 
 fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {

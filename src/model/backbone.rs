@@ -5,6 +5,7 @@ use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::net::{Grads, Net, Saved};
+use crate::data::image::Scaling;
 use super::{mobilenet_v2, xception, WeightSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -20,25 +21,6 @@ pub enum BackboneKind {
 pub enum Variant {
     Full,
     Tiny,
-}
-
-/// How u8 pixels become network inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PixelScaling {
-    /// x/127.5 - 1 (keras.applications.xception.preprocess_input).
-    MinusOneToOne,
-    /// x/255 (TF-Hub convention; the network rescales itself).
-    ZeroToOne,
-}
-
-impl PixelScaling {
-    pub fn apply(self, v: u8) -> f32 {
-        match self {
-            PixelScaling::MinusOneToOne => v as f32 / 127.5 - 1.0,
-            PixelScaling::ZeroToOne => v as f32 / 255.0,
-        }
-    }
 }
 
 impl BackboneKind {
@@ -57,10 +39,10 @@ impl BackboneKind {
         }
     }
 
-    pub fn scaling(self) -> PixelScaling {
+    pub fn scaling(self) -> Scaling {
         match self {
-            BackboneKind::Xception => PixelScaling::MinusOneToOne,
-            BackboneKind::MobilenetV2 => PixelScaling::ZeroToOne,
+            BackboneKind::Xception => Scaling::MinusOneToOne,
+            BackboneKind::MobilenetV2 => Scaling::ZeroToOne,
         }
     }
 

@@ -493,6 +493,17 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets the job's checkpoints not named in `keep` (the trainer prunes
+    /// superseded ones from disk).
+    pub async fn retain_checkpoints(&self, job_id: &str, keep: &[String]) -> Result<(), DbError> {
+        for c in self.list_checkpoints(job_id).await? {
+            if !keep.contains(&c.name) {
+                sqlx::query("DELETE FROM checkpoints WHERE id = $1").bind(&c.id).execute(&self.pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn list_checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>, DbError> {
         sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 ORDER BY created_at, name")
             .bind(job_id)

@@ -32,6 +32,8 @@ pub struct CheckpointMeta {
     /// Adam's update count at this point (restored on resume).
     pub optimizer_step: u64,
     pub config: TrainConfig,
+    /// confusion[true][predicted] on the validation set at this epoch.
+    pub confusion: Vec<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -85,8 +85,12 @@ pub enum Event {
 // and `meta.json`; `<out>/best.json` names the best one.
 
 pub mod adam;
+pub mod augment;
 pub mod checkpoint;
 pub mod loss;
+pub mod recipe;
+
+pub use recipe::{run, RunSpec, Summary, WeightsChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

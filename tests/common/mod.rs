@@ -23,3 +23,4 @@ pub fn xception_weights() -> WeightSet {
 pub fn mobilenet_v2_weights() -> WeightSet {
     WeightSet::from_file(fixture("weights/mobilenet_v2_tfhub_dogcat_model.h5")).unwrap()
 }
+pub mod synthetic;

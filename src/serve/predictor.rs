@@ -1,0 +1,83 @@
+//! A trained model ready to answer: backbone + head rebuilt from a checkpoint,
+//! images in, logits / probabilities / label out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::data::image::{resize_bilinear_pil, to_tensor_data};
+use crate::model::{Backbone, Head};
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::{loss, TrainError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Prediction {
+    /// Raw head outputs: one logit for two classes (positive = second class), else one per class.
+    pub logits: Vec<f32>,
+    pub probabilities: BTreeMap<String, f32>,
+    pub label: String,
+}
+
+pub struct Predictor {
+    backbone: Backbone,
+    head: Head,
+    meta: CheckpointMeta,
+}
+
+impl Predictor {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        let meta = checkpoint::read_meta(dir)?;
+        let t = checkpoint::load_tensors(dir, checkpoint::MODEL_FILE, device)?;
+        let bb = Backbone::build(meta.backbone, meta.variant, &t, false, device)?;
+        let get = |n: &str| t.get(n).cloned().ok_or_else(|| TrainError::Checkpoint(format!("checkpoint has no {n}")));
+        let head = Head::from_tensors(get("head.kernel")?, get("head.bias")?, 0.0)?;
+        if head.classes() != if meta.classes.len() == 2 { 1 } else { meta.classes.len() } {
+            return Err(TrainError::Checkpoint("head size does not match the class list".into()));
+        }
+        Ok(Self { backbone: bb, head, meta })
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.meta.classes
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.meta.image_size
+    }
+
+    pub fn meta(&self) -> &CheckpointMeta {
+        &self.meta
+    }
+
+    /// Predicts decoded images (resized here exactly as in training if needed).
+    pub fn predict(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, TrainError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.meta.image_size as u32;
+        let resized: Vec<RgbImage> = images
+            .iter()
+            .map(|im| if im.dimensions() == (s, s) { im.clone() } else { resize_bilinear_pil(im, s, s) })
+            .collect();
+        let data = to_tensor_data(&resized, self.meta.backbone.scaling());
+        let x = candle_core::Tensor::from_vec(data, (images.len(), s as usize, s as usize, 3), &self.backbone.device)?;
+        let logits = self.head.forward(&self.backbone.features(&x)?)?;
+        let probs = loss::probabilities(&logits)?;
+        let rows = logits.to_vec2::<f32>()?;
+        Ok(rows
+            .into_iter()
+            .zip(probs)
+            .map(|(l, p)| {
+                let best = p.iter().enumerate().fold(0, |b, (i, v)| if *v > p[b] { i } else { b });
+                Prediction {
+                    probabilities: self.meta.classes.iter().cloned().zip(p.iter().copied()).collect(),
+                    label: self.meta.classes[best].clone(),
+                    logits: l,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,465 @@
+//! The two-stage recipe of the Keras transfer-learning notebook.
+//!
+//! Stage 1 trains only the head on a frozen base called in inference mode, so
+//! the base's features are computed once (per augmentation view) and the
+//! epochs run on the cache. Stage 2 trains everything with BatchNorm
+//! statistics frozen (the recipe's intent; Keras 3's fit() silently breaks
+//! it). Both keep the best epoch by validation loss; if stage 2 ends worse
+//! than stage 1, the stage-1 model stays the result.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::adam::Adam;
+use super::augment::Augment;
+use super::checkpoint::{self, CheckpointMeta};
+use super::loss;
+use super::{Event, Metrics, Stage, TrainConfig, TrainError};
+use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
+use crate::data::image::DecodeLimits;
+use crate::data::loader::Images;
+use crate::model::weights::WeightSet;
+use crate::model::{Backbone, Head, SeededInit, Variant, WeightSource};
+
+/// Augmented views of each training image cached for stage 1.
+const STAGE1_VIEWS: usize = 4;
+
+/// Where the backbone's starting weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsChoice {
+    /// Pretrained weights in any format `WeightSet::from_file` reads.
+    Pretrained(PathBuf),
+    /// Keras-style random initialisation from the run's seed (tests, demos).
+    Seeded,
+}
+
+pub struct RunSpec {
+    pub config: TrainConfig,
+    pub dataset_root: PathBuf,
+    pub manifest: DatasetManifest,
+    pub weights: WeightsChoice,
+    pub variant: Variant,
+    pub out_dir: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Summary {
+    /// Directory name (under the run's output dir) of the model to use.
+    pub best_checkpoint: String,
+    pub best_stage: Stage,
+    pub classes: Vec<String>,
+    pub validation: Metrics,
+    /// confusion[true][predicted] on the validation set.
+    pub confusion: Vec<Vec<usize>>,
+    pub train_images: usize,
+    pub validation_images: usize,
+    pub skipped: Vec<Rejected>,
+    pub seconds: f64,
+}
+
+fn check_cancel(cancel: &AtomicBool) -> Result<(), TrainError> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(TrainError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn validate(cfg: &TrainConfig, manifest: &DatasetManifest) -> Result<usize, TrainError> {
+    let size = if cfg.image_size == 0 { cfg.backbone.default_size() } else { cfg.image_size };
+    let bad = |m: String| Err(TrainError::Config(m));
+    if size < cfg.backbone.min_size() || size > 1024 {
+        return bad(format!("image_size {size} must be between {} and 1024 for {}", cfg.backbone.min_size(), cfg.backbone.as_str()));
+    }
+    if cfg.batch_size == 0 || cfg.batch_size > 1024 {
+        return bad(format!("batch_size {} must be between 1 and 1024", cfg.batch_size));
+    }
+    if !(cfg.frozen_lr > 0.0 && cfg.finetune_lr > 0.0 && cfg.frozen_lr.is_finite() && cfg.finetune_lr.is_finite()) {
+        return bad("learning rates must be positive".into());
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        return bad(format!("dropout {} must be in [0, 1)", cfg.dropout));
+    }
+    if !(0.0..1.0).contains(&cfg.validation_split) {
+        return bad(format!("validation_split {} must be in [0, 1)", cfg.validation_split));
+    }
+    if cfg.frozen_epochs == 0 && cfg.finetune_epochs == 0 {
+        return bad("at least one epoch is needed".into());
+    }
+    if manifest.classes.len() < 2 {
+        return Err(TrainError::Data(format!("need at least 2 classes, found {}", manifest.classes.len())));
+    }
+    Ok(size)
+}
+
+/// The dataset's own validation split, or a seeded stratified one.
+fn split<'a>(manifest: &'a DatasetManifest, cfg: &TrainConfig) -> Result<(Vec<&'a Sample>, Vec<&'a Sample>), TrainError> {
+    let (mut train, mut val): (Vec<&'a Sample>, Vec<&'a Sample>) = if manifest.has_validation {
+        manifest.samples.iter().partition(|s| s.split == Split::Train)
+    } else {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5911);
+        let (mut t, mut v) = (Vec::new(), Vec::new());
+        for c in 0..manifest.classes.len() {
+            let mut of_class: Vec<&'a Sample> = manifest.samples.iter().filter(|s| s.class == c).collect();
+            of_class.shuffle(&mut rng);
+            let n_val = ((of_class.len() as f64) * cfg.validation_split).round() as usize;
+            let n_val = if cfg.validation_split > 0.0 && of_class.len() >= 2 { n_val.max(1) } else { n_val };
+            v.extend_from_slice(&of_class[..n_val]);
+            t.extend_from_slice(&of_class[n_val..]);
+        }
+        (t, v)
+    };
+    train.sort_by(|a, b| a.path.cmp(&b.path));
+    val.sort_by(|a, b| a.path.cmp(&b.path));
+    for (c, name) in manifest.classes.iter().enumerate() {
+        if !train.iter().any(|s| s.class == c) {
+            return Err(TrainError::Data(format!("class {name:?} has no training images")));
+        }
+    }
+    if val.is_empty() {
+        return Err(TrainError::Data("no validation images (set validation_split > 0 or add validation/)".into()));
+    }
+    Ok((train, val))
+}
+
+struct Eval {
+    metrics: Metrics,
+    confusion: Vec<Vec<usize>>,
+}
+
+fn evaluate(logits: &Tensor, labels: &[u32], classes: usize) -> Result<Eval, TrainError> {
+    let (loss, _) = loss::loss_and_grad(logits, labels)?;
+    let pred = loss::predicted(logits)?;
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    for (p, y) in pred.iter().zip(labels) {
+        confusion[*y as usize][*p as usize] += 1;
+    }
+    let correct = pred.iter().zip(labels).filter(|(p, y)| p == y).count();
+    Ok(Eval { metrics: Metrics { loss, accuracy: correct as f64 / labels.len().max(1) as f64 }, confusion })
+}
+
+/// Pooled features of every image (optionally augmented), batch by batch.
+fn extract(
+    bb: &Backbone,
+    images: &Images,
+    cfg: &TrainConfig,
+    aug: Option<(Augment, u64)>,
+    mut progress: impl FnMut(usize, usize),
+    cancel: &AtomicBool,
+) -> Result<Tensor, TrainError> {
+    let idx: Vec<usize> = (0..images.len()).collect();
+    let steps = idx.len().div_ceil(cfg.batch_size);
+    let mut parts = Vec::with_capacity(steps);
+    for (step, chunk) in idx.chunks(cfg.batch_size).enumerate() {
+        check_cancel(cancel)?;
+        let x = match aug {
+            Some((a, seed)) => {
+                let f = |slot: usize, img: &[u8]| {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk[slot] as u64) << 20));
+                    a.apply(img, images.size, &mut rng)
+                };
+                images.batch(chunk, cfg.backbone.scaling(), &bb.device, Some(&f))?
+            }
+            None => images.batch(chunk, cfg.backbone.scaling(), &bb.device, None)?,
+        };
+        parts.push(bb.features(&x)?);
+        progress(step + 1, steps);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+fn head_logits(head: &Head, feats: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(head.forward(feats)?)
+}
+
+pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) -> Result<Summary, TrainError> {
+    let started = Instant::now();
+    let cfg = &spec.config;
+    let size = validate(cfg, &spec.manifest)?;
+    let classes = spec.manifest.classes.clone();
+    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    let dev = &spec.device;
+
+    let (train_s, val_s) = split(&spec.manifest, cfg)?;
+    let limits = DecodeLimits::default();
+    let (train, mut skipped) = Images::load(&spec.dataset_root, &train_s, size, &limits);
+    let (val, skipped_val) = Images::load(&spec.dataset_root, &val_s, size, &limits);
+    skipped.extend(skipped_val);
+    for r in &skipped {
+        on_event(Event::Message { text: format!("skipped {}: {}", r.path, r.reason) });
+    }
+    if train.is_empty() || val.is_empty() {
+        return Err(TrainError::Data("no readable images left in the training or validation split".into()));
+    }
+    check_cancel(cancel)?;
+
+    // Resume point: the newest complete checkpoint of this run.
+    let existing = checkpoint::list(&spec.out_dir)?;
+    let resume_from = if spec.resume { existing.last().cloned() } else { None };
+    if !spec.resume && !existing.is_empty() {
+        return Err(TrainError::Checkpoint(format!(
+            "{} already holds checkpoints; resume, or use an empty output directory",
+            spec.out_dir.display()
+        )));
+    }
+
+    let (bb, head) = match &resume_from {
+        Some((name, meta)) => {
+            if meta.classes != classes || meta.backbone != cfg.backbone {
+                return Err(TrainError::Checkpoint(format!("checkpoint {name} was made for other classes or another backbone")));
+            }
+            let t = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::MODEL_FILE, dev)?;
+            on_event(Event::Message { text: format!("resuming from checkpoint {name}") });
+            build_from(&t, cfg, spec.variant, dev)?
+        }
+        None => {
+            let src: Box<dyn WeightSource> = match &spec.weights {
+                WeightsChoice::Pretrained(p) => Box::new(
+                    WeightSet::from_file(p).map_err(|e| TrainError::Checkpoint(format!("pretrained weights: {e}")))?,
+                ),
+                WeightsChoice::Seeded => Box::new(SeededInit { seed: cfg.seed, device: dev.clone() }),
+            };
+            let bb = Backbone::build(cfg.backbone, spec.variant, src.as_ref(), true, dev)?;
+            let head = Head::init(bb.feature_dim(), k, cfg.dropout, cfg.seed, dev)?;
+            (bb, head)
+        }
+    };
+
+    let meta_for = |stage: Stage, epoch: usize, train: Metrics, validation: Metrics, step: u64, confusion: Vec<Vec<usize>>| {
+        CheckpointMeta {
+            stage,
+            epoch,
+            backbone: cfg.backbone,
+            variant: spec.variant,
+            classes: classes.clone(),
+            image_size: size,
+            train,
+            validation,
+            optimizer_step: step,
+            config: cfg.clone(),
+            confusion,
+        }
+    };
+
+    // ---- Stage 1: head on cached features ----
+    let stage1_done = resume_from.as_ref().is_some_and(|(_, m)| m.stage == Stage::Frozen || m.stage == Stage::Finetune);
+    let mut stage1_best: Option<(String, CheckpointMeta)> =
+        existing.iter().filter(|(_, m)| m.stage == Stage::Frozen).last().cloned();
+    if !stage1_done && cfg.frozen_epochs > 0 {
+        let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
+        let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
+        let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
+        let mut done = 0;
+        let mut report = |on_event: &mut dyn FnMut(Event)| {
+            done += 1;
+            on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps });
+        };
+        let mut train_views = Vec::with_capacity(views);
+        for v in 0..views {
+            let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
+            train_views.push(extract(&bb, &train, cfg, a, |_, _| report(on_event), cancel)?);
+        }
+        let val_feats = extract(&bb, &val, cfg, None, |_, _| report(on_event), cancel)?;
+
+        let mut opt = Adam::new(cfg.frozen_lr);
+        let mut best: Option<(f64, usize, Tensor, Tensor, Metrics, Eval)> = None;
+        let mut since_best = 0;
+        for epoch in 1..=cfg.frozen_epochs {
+            check_cancel(cancel)?;
+            let t0 = Instant::now();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            order.shuffle(&mut rng);
+            let (mut loss_sum, mut correct) = (0.0, 0usize);
+            for chunk in order.chunks(cfg.batch_size) {
+                let view = if views > 1 { rand::Rng::gen_range(&mut rng, 0..views) } else { 0 };
+                let ids = Tensor::from_vec(chunk.iter().map(|i| *i as u32).collect::<Vec<_>>(), chunk.len(), dev)?;
+                let x = train_views[view].index_select(&ids, 0)?;
+                let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
+                let (logits, tape) = head.forward_train(&x, &mut rng)?;
+                let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
+                let (dk, db, _) = head.backward(&tape, &dlogits)?;
+                opt.update([("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)])?;
+                loss_sum += l * chunk.len() as f64;
+                correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            }
+            let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
+            let ev = evaluate(&head_logits(&head, &val_feats)?, &val.labels, classes.len())?;
+            on_event(Event::Epoch {
+                stage: Stage::Frozen,
+                epoch,
+                epochs: cfg.frozen_epochs,
+                train: train_m,
+                validation: ev.metrics,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            if best.as_ref().is_none_or(|b| ev.metrics.loss < b.0) {
+                let (kk, bb_) = (head.kernel.as_tensor().copy()?, head.bias.as_tensor().copy()?);
+                best = Some((ev.metrics.loss, epoch, kk, bb_, train_m, ev));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    on_event(Event::Message { text: format!("stage 1: early stop after epoch {epoch}") });
+                    break;
+                }
+            }
+        }
+        let Some((_, epoch, kk, bias, train_m, ev)) = best else {
+            return Err(TrainError::Config("stage 1 ran no epoch".into()));
+        };
+        head.kernel.set(&kk)?;
+        head.bias.set(&bias)?;
+        let name = checkpoint::name(Stage::Frozen, epoch);
+        let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
+        checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &[], &meta)?;
+        checkpoint::set_best(&spec.out_dir, &name)?;
+        on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
+        stage1_best = Some((name, meta));
+    }
+
+    // ---- Stage 2: fine-tune everything, BatchNorm statistics frozen ----
+    let mut stage2_best: Option<(String, CheckpointMeta)> = existing
+        .iter()
+        .filter(|(_, m)| m.stage == Stage::Finetune)
+        .min_by(|a, b| a.1.validation.loss.total_cmp(&b.1.validation.loss))
+        .cloned();
+    let (start_epoch, mut opt) = match &resume_from {
+        Some((name, m)) if m.stage == Stage::Finetune => {
+            let state = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::OPTIMIZER_FILE, dev)?;
+            (m.epoch + 1, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
+        }
+        _ => (1, Adam::new(cfg.finetune_lr)),
+    };
+    let mut since_best = stage2_best
+        .as_ref()
+        .map(|(_, b)| existing.iter().filter(|(_, m)| m.stage == Stage::Finetune && m.epoch > b.epoch).count())
+        .unwrap_or(0);
+    let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
+    let steps = train.len().div_ceil(cfg.batch_size);
+    let progress_every = (steps / 20).max(1);
+    for epoch in start_epoch..=cfg.finetune_epochs {
+        if cfg.patience > 0 && since_best >= cfg.patience {
+            on_event(Event::Message { text: format!("stage 2: early stop before epoch {epoch}") });
+            break;
+        }
+        let t0 = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(7_000_003) ^ (epoch as u64) << 8);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            check_cancel(cancel)?;
+            let batch_seed: u64 = rand::Rng::gen(&mut rng);
+            let x = match aug {
+                Some(a) => {
+                    let f = |slot: usize, img: &[u8]| {
+                        let mut r = rand::rngs::StdRng::seed_from_u64(batch_seed ^ slot as u64);
+                        a.apply(img, size, &mut r)
+                    };
+                    train.batch(chunk, cfg.backbone.scaling(), dev, Some(&f))?
+                }
+                None => train.batch(chunk, cfg.backbone.scaling(), dev, None)?,
+            };
+            let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
+            let (feats, tape) = bb.forward_train(&x)?;
+            let feats = feats.detach();
+            let (logits, htape) = head.forward_train(&feats, &mut rng)?;
+            let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
+            let (dk, db, dfeat) = head.backward(&htape, &dlogits)?;
+            let grads = bb.backward(tape, &dfeat)?;
+            let mut updates: Vec<(&str, &candle_core::Var, &Tensor)> =
+                vec![("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)];
+            for (i, p) in bb.net.trainable() {
+                if let Some(g) = &grads.0[i] {
+                    updates.push((p.name.as_str(), &p.var, g));
+                }
+            }
+            opt.update(updates)?;
+            loss_sum += l * chunk.len() as f64;
+            correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            if (step + 1) % progress_every == 0 || step + 1 == steps {
+                on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps });
+            }
+        }
+        let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
+        let val_feats = extract(&bb, &val, cfg, None, |_, _| {}, cancel)?;
+        let ev = evaluate(&head_logits(&head, &val_feats)?, &val.labels, classes.len())?;
+        on_event(Event::Epoch {
+            stage: Stage::Finetune,
+            epoch,
+            epochs: cfg.finetune_epochs,
+            train: train_m,
+            validation: ev.metrics,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        let name = checkpoint::name(Stage::Finetune, epoch);
+        let meta = meta_for(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
+        checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta)?;
+        on_event(Event::Checkpoint { stage: Stage::Finetune, epoch, name: name.clone(), validation: meta.validation });
+        let improved = stage2_best.as_ref().is_none_or(|(_, b)| meta.validation.loss < b.validation.loss);
+        if improved {
+            stage2_best = Some((name.clone(), meta));
+            since_best = 0;
+        } else {
+            since_best += 1;
+        }
+        // Keep the best and the newest stage-2 checkpoints only (each holds Adam state too).
+        prune(&spec.out_dir, &[stage1_best.as_ref().map(|b| b.0.clone()), stage2_best.as_ref().map(|b| b.0.clone()), Some(name)])?;
+        if let Some(best) = better(&stage1_best, &stage2_best) {
+            checkpoint::set_best(&spec.out_dir, &best.0)?;
+        }
+    }
+
+    let (best_name, best_meta) = better(&stage1_best, &stage2_best)
+        .cloned()
+        .ok_or_else(|| TrainError::Checkpoint("the run produced no checkpoint".into()))?;
+    checkpoint::set_best(&spec.out_dir, &best_name)?;
+    Ok(Summary {
+        best_checkpoint: best_name,
+        best_stage: best_meta.stage,
+        classes,
+        validation: best_meta.validation,
+        confusion: best_meta.confusion,
+        train_images: train.len(),
+        validation_images: val.len(),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The checkpoint with the lower validation loss; stage 1 wins ties (fallback).
+fn better<'a>(s1: &'a Option<(String, CheckpointMeta)>, s2: &'a Option<(String, CheckpointMeta)>) -> Option<&'a (String, CheckpointMeta)> {
+    match (s1, s2) {
+        (Some(a), Some(b)) => Some(if b.1.validation.loss < a.1.validation.loss { b } else { a }),
+        (a, b) => a.as_ref().or(b.as_ref()),
+    }
+}
+
+/// Removes the stage-2 checkpoints not in `keep`.
+fn prune(out: &std::path::Path, keep: &[Option<String>]) -> Result<(), TrainError> {
+    for (name, m) in checkpoint::list(out)? {
+        if m.stage == Stage::Finetune && !keep.iter().flatten().any(|k| *k == name) {
+            std::fs::remove_dir_all(out.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds backbone and head from a checkpoint's tensors.
+pub fn build_from(t: &HashMap<String, Tensor>, cfg: &TrainConfig, variant: Variant, dev: &Device) -> Result<(Backbone, Head), TrainError> {
+    let bb = Backbone::build(cfg.backbone, variant, t, true, dev)?;
+    let kernel = t.get("head.kernel").ok_or_else(|| TrainError::Checkpoint("checkpoint has no head.kernel".into()))?;
+    let bias = t.get("head.bias").ok_or_else(|| TrainError::Checkpoint("checkpoint has no head.bias".into()))?;
+    let head = Head::from_tensors(kernel.clone(), bias.clone(), cfg.dropout)?;
+    Ok((bb, head))
+}
