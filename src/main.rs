@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP service.
+    Serve(tuneserve::cli::serve::ServeArgs),
     /// Train the two-stage recipe on a dataset folder or archive.
     Train(tuneserve::cli::train::TrainArgs),
     /// Predict images with a trained checkpoint.
@@ -24,11 +26,19 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        // The service sets up its own logging (TUNESERVE_LOG, optional JSON).
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(tuneserve::cli::serve::run(args))?;
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Serve(_) => unreachable!(),
         Command::Train(a) => tuneserve::cli::train::run(a),
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),

@@ -3,5 +3,6 @@
 pub mod device;
 pub mod embed;
 pub mod predict;
+pub mod serve;
 pub mod train;
 pub mod weights;
