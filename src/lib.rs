@@ -6,3 +6,5 @@
 //! - `data`: image decoding/preprocessing, datasets.
 //! - `train`: the two-stage recipe, optimiser, loss, checkpoints.
 //! - `store`, `jobs`, `serve`, `api`: the service.
+
+pub mod data;

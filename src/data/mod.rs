@@ -1,0 +1,3 @@
+//! Data input: image decoding and model preprocessing.
+
+pub mod image;
