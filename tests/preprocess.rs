@@ -81,7 +81,9 @@ fn fixtures() -> PathBuf {
 }
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn read_png_rgb(path: &Path) -> RgbImage {
@@ -100,7 +102,12 @@ fn encode_png(img: &DynamicImage) -> Vec<u8> {
 fn encode_jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .unwrap();
     out
 }
@@ -160,7 +167,10 @@ fn check_pillow_refs(prefix: &str, order: PassOrder) -> usize {
     for entry in std::fs::read_dir(data("")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let Some(spec) = name.strip_prefix(prefix).and_then(|s| s.strip_suffix(".png")) else {
+        let Some(spec) = name
+            .strip_prefix(prefix)
+            .and_then(|s| s.strip_suffix(".png"))
+        else {
             continue;
         };
         let dims: Vec<u32> = spec
@@ -197,7 +207,10 @@ fn resize_matches_pillow_bit_exact() {
 
 #[test]
 fn resize_matches_legacy_pillow_order() {
-    assert_eq!(check_pillow_refs("pil_hfirst_resize_", PassOrder::HorizontalFirst), 3);
+    assert_eq!(
+        check_pillow_refs("pil_hfirst_resize_", PassOrder::HorizontalFirst),
+        3
+    );
 }
 
 #[test]
@@ -242,16 +255,20 @@ fn golden_parity(file: &str, size: u32) -> (u8, f64) {
     (worst, mean)
 }
 
+// libjpeg (as in PIL) plus the Pillow resize port reproduce load_img
+// exactly. The brief's acceptance was max <= 2, mean <= 0.5 (what a pure-Rust
+// JPEG decoder reaches); anything above 0 now means a regression.
+
 #[test]
 fn golden_pixels_xception_150() {
     let (max, mean) = golden_parity("xception_golden.safetensors", 150);
-    assert!(max <= 2 && mean <= 0.5, "max {max}, mean {mean}");
+    assert_eq!((max, mean), (0, 0.0));
 }
 
 #[test]
 fn golden_pixels_mobilenet_224() {
     let (max, mean) = golden_parity("mobilenet_v2_golden.safetensors", 224);
-    assert!(max <= 2 && mean <= 0.5, "max {max}, mean {mean}");
+    assert_eq!((max, mean), (0, 0.0));
 }
 
 /// Scaling reproduces the golden network inputs bit for bit.
@@ -274,7 +291,11 @@ fn golden_scaling_is_exact() {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         assert_eq!(got.len(), want.len());
-        let bad = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        let bad = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
         assert_eq!(bad, 0, "{file}: {bad} values differ from golden input");
     }
 }
@@ -282,7 +303,10 @@ fn golden_scaling_is_exact() {
 #[test]
 fn scaling_values() {
     let img = RgbImage::from_raw(1, 1, vec![0, 255, 51]).unwrap();
-    assert_eq!(to_tensor_data(&[img.clone()], Scaling::MinusOneToOne), [-1.0, 1.0, 51.0 / 127.5 - 1.0]);
+    assert_eq!(
+        to_tensor_data(&[img.clone()], Scaling::MinusOneToOne),
+        [-1.0, 1.0, 51.0 / 127.5 - 1.0]
+    );
     assert_eq!(to_tensor_data(&[img], Scaling::ZeroToOne), [0.0, 1.0, 0.2]);
 }
 
@@ -356,10 +380,18 @@ fn exif_orientation_is_applied() {
         assert_eq!(img.dimensions(), want_dims, "orientation {o}");
         // Sample the centre of each display quadrant.
         let (dw, dh) = img.dimensions();
-        for (dx, dy) in [(dw / 4, dh / 4), (3 * dw / 4, dh / 4), (dw / 4, 3 * dh / 4), (3 * dw / 4, 3 * dh / 4)] {
+        for (dx, dy) in [
+            (dw / 4, dh / 4),
+            (3 * dw / 4, dh / 4),
+            (dw / 4, 3 * dh / 4),
+            (3 * dw / 4, 3 * dh / 4),
+        ] {
             let (sx, sy) = map(dx, dy, w, h);
             let (got, want) = (*img.get_pixel(dx, dy), *stored.get_pixel(sx, sy));
-            assert!(close(got, want), "orientation {o} at ({dx},{dy}): {got:?} vs {want:?}");
+            assert!(
+                close(got, want),
+                "orientation {o} at ({dx},{dy}): {got:?} vs {want:?}"
+            );
         }
     }
 }
@@ -394,7 +426,11 @@ fn png_bomb_is_rejected_before_allocating() {
 
     let (res, peak) = peak_during(|| decode(&png, &DecodeLimits::default()));
     match res {
-        Err(ImageError::TooLarge { width: 30000, height: 30000, .. }) => {}
+        Err(ImageError::TooLarge {
+            width: 30000,
+            height: 30000,
+            ..
+        }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert!(peak < 1 << 20, "largest allocation was {peak} bytes");
@@ -403,22 +439,50 @@ fn png_bomb_is_rejected_before_allocating() {
 #[test]
 fn jpeg_bomb_is_rejected_before_allocating() {
     let mut jpeg = encode_jpeg(&noisy(16, 16), 90);
-    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline SOF0");
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline SOF0");
     jpeg[sof + 5..sof + 7].copy_from_slice(&30000u16.to_be_bytes());
     jpeg[sof + 7..sof + 9].copy_from_slice(&30000u16.to_be_bytes());
     let (res, peak) = peak_during(|| decode(&jpeg, &DecodeLimits::default()));
-    assert!(matches!(res, Err(ImageError::TooLarge { width: 30000, height: 30000, .. })), "{res:?}");
+    assert!(
+        matches!(
+            res,
+            Err(ImageError::TooLarge {
+                width: 30000,
+                height: 30000,
+                ..
+            })
+        ),
+        "{res:?}"
+    );
     assert!(peak < 1 << 20, "largest allocation was {peak} bytes");
 }
 
 #[test]
 fn limits_are_configurable() {
     let png = encode_png(&DynamicImage::ImageRgb8(synth(40, 30)));
-    let small = DecodeLimits { max_pixels: 1000, max_dimension: 1000 };
-    assert!(matches!(decode(&png, &small), Err(ImageError::TooLarge { .. })));
-    let narrow = DecodeLimits { max_pixels: 1 << 20, max_dimension: 35 };
-    assert!(matches!(decode(&png, &narrow), Err(ImageError::TooLarge { .. })));
-    assert_eq!(decode(&png, &DecodeLimits::default()).unwrap(), synth(40, 30));
+    let small = DecodeLimits {
+        max_pixels: 1000,
+        max_dimension: 1000,
+    };
+    assert!(matches!(
+        decode(&png, &small),
+        Err(ImageError::TooLarge { .. })
+    ));
+    let narrow = DecodeLimits {
+        max_pixels: 1 << 20,
+        max_dimension: 35,
+    };
+    assert!(matches!(
+        decode(&png, &narrow),
+        Err(ImageError::TooLarge { .. })
+    ));
+    assert_eq!(
+        decode(&png, &DecodeLimits::default()).unwrap(),
+        synth(40, 30)
+    );
 }
 
 #[test]
@@ -429,7 +493,10 @@ fn text_file_is_not_an_image() {
         other => panic!("expected NotAnImage, got {other:?}"),
     }
     assert!(err.to_string().contains("not an image"), "{err}");
-    assert!(matches!(decode(b"", &DecodeLimits::default()), Err(ImageError::NotAnImage { .. })));
+    assert!(matches!(
+        decode(b"", &DecodeLimits::default()),
+        Err(ImageError::NotAnImage { .. })
+    ));
     assert!(matches!(
         decode(b"II*\0\x08\0\0\0", &DecodeLimits::default()),
         Err(ImageError::Unsupported(_))
@@ -442,7 +509,10 @@ fn truncated_jpeg_is_corrupt() {
     for cut in [jpeg.len() / 2, jpeg.len() - 2, 300, 20, 3] {
         match decode(&jpeg[..cut], &DecodeLimits::default()) {
             Err(ImageError::Corrupt(_)) => {}
-            other => panic!("cut at {cut}/{}: expected Corrupt, got {other:?}", jpeg.len()),
+            other => panic!(
+                "cut at {cut}/{}: expected Corrupt, got {other:?}",
+                jpeg.len()
+            ),
         }
     }
     // Garbage after the end-of-image marker is accepted, as libjpeg does.
@@ -452,11 +522,33 @@ fn truncated_jpeg_is_corrupt() {
 }
 
 #[test]
+fn malformed_jpeg_header_is_corrupt_not_a_panic() {
+    let jpeg = encode_jpeg(&noisy(16, 16), 90);
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline SOF0");
+    let mut bad_precision = jpeg.clone();
+    bad_precision[sof + 4] = 7; // libjpeg: unsupported data precision
+    let mut bad_components = jpeg.clone();
+    bad_components[sof + 9] = 0; // zero components
+    for bytes in [bad_precision, bad_components] {
+        match decode(&bytes, &DecodeLimits::default()) {
+            Err(ImageError::Corrupt(msg)) => assert!(!msg.is_empty()),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn truncated_png_is_corrupt() {
     let png = encode_png(&DynamicImage::ImageRgb8(noisy(64, 64)));
     for cut in [png.len() / 2, png.len() - 12, 40] {
         assert!(
-            matches!(decode(&png[..cut], &DecodeLimits::default()), Err(ImageError::Corrupt(_))),
+            matches!(
+                decode(&png[..cut], &DecodeLimits::default()),
+                Err(ImageError::Corrupt(_))
+            ),
             "cut at {cut}"
         );
     }
@@ -468,7 +560,11 @@ fn truncated_png_is_corrupt() {
 #[test]
 fn grayscale_png_becomes_rgb() {
     let gray = GrayImage::from_fn(9, 7, |x, y| image::Luma([(x * 20 + y) as u8]));
-    let rgb = decode(&encode_png(&DynamicImage::ImageLuma8(gray.clone())), &DecodeLimits::default()).unwrap();
+    let rgb = decode(
+        &encode_png(&DynamicImage::ImageLuma8(gray.clone())),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     for (x, y, p) in rgb.enumerate_pixels() {
         let g = gray.get_pixel(x, y).0[0];
         assert_eq!(p.0, [g, g, g]);
@@ -477,8 +573,14 @@ fn grayscale_png_becomes_rgb() {
 
 #[test]
 fn rgba_png_drops_alpha() {
-    let rgba = RgbaImage::from_fn(9, 7, |x, y| image::Rgba([x as u8 * 9, y as u8 * 30, 77, (x * y) as u8]));
-    let rgb = decode(&encode_png(&DynamicImage::ImageRgba8(rgba.clone())), &DecodeLimits::default()).unwrap();
+    let rgba = RgbaImage::from_fn(9, 7, |x, y| {
+        image::Rgba([x as u8 * 9, y as u8 * 30, 77, (x * y) as u8])
+    });
+    let rgb = decode(
+        &encode_png(&DynamicImage::ImageRgba8(rgba.clone())),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     for (x, y, p) in rgb.enumerate_pixels() {
         let q = rgba.get_pixel(x, y).0;
         // Not composited over a background, even where alpha is 0.
@@ -491,10 +593,17 @@ fn sixteen_bit_png_keeps_high_byte() {
     let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(5, 4, |x, y| {
         Rgb([(x * 13000) as u16 + 255, (y * 16000) as u16, 0xFFFF])
     });
-    let rgb = decode(&encode_png(&DynamicImage::ImageRgb16(img.clone())), &DecodeLimits::default()).unwrap();
+    let rgb = decode(
+        &encode_png(&DynamicImage::ImageRgb16(img.clone())),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     for (x, y, p) in rgb.enumerate_pixels() {
         let q = img.get_pixel(x, y).0;
-        assert_eq!(p.0, [(q[0] >> 8) as u8, (q[1] >> 8) as u8, (q[2] >> 8) as u8]);
+        assert_eq!(
+            p.0,
+            [(q[0] >> 8) as u8, (q[1] >> 8) as u8, (q[2] >> 8) as u8]
+        );
     }
 }
 
@@ -505,8 +614,19 @@ fn cmyk_jpeg_becomes_rgb_like_pillow() {
     let want = read_png_rgb(&data("cmyk_pil_rgb.png"));
     assert_eq!(got.dimensions(), want.dimensions());
     let (max, mean) = diff_stats(got.as_raw(), want.as_raw());
-    println!("CMYK JPEG vs Pillow: max |diff| {max}, mean {mean:.3}");
-    assert!(max <= 3, "max {max}, mean {mean}");
+    assert_eq!(max, 0, "CMYK JPEG vs Pillow: max {max}, mean {mean}");
+}
+
+#[test]
+fn jpeg_variants_decode_like_pillow() {
+    for name in ["jpeg_420_progressive", "jpeg_422", "jpeg_444", "jpeg_gray"] {
+        let bytes = std::fs::read(data(&format!("{name}.jpg"))).unwrap();
+        let got = decode(&bytes, &DecodeLimits::default()).unwrap();
+        let want = read_png_rgb(&data(&format!("{name}_pil_rgb.png")));
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
+        let (max, mean) = diff_stats(got.as_raw(), want.as_raw());
+        assert_eq!(max, 0, "{name} vs Pillow: max {max}, mean {mean}");
+    }
 }
 
 #[test]
@@ -518,13 +638,22 @@ fn animated_gif_gives_first_frame() {
         let mut enc = GifEncoder::new(&mut gif);
         for color in [[200u8, 10, 10, 255], [10, 10, 200, 255]] {
             let buf = RgbaImage::from_pixel(8, 6, image::Rgba(color));
-            enc.encode_frame(Frame::from_parts(buf, 0, 0, Delay::from_numer_denom_ms(100, 1)))
-                .unwrap();
+            enc.encode_frame(Frame::from_parts(
+                buf,
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            ))
+            .unwrap();
         }
     }
     let img = decode(&gif, &DecodeLimits::default()).unwrap();
     assert_eq!(img.dimensions(), (8, 6));
-    assert!(img.pixels().all(|p| close(*p, Rgb([200, 10, 10]))), "{:?}", img.get_pixel(0, 0));
+    assert!(
+        img.pixels().all(|p| close(*p, Rgb([200, 10, 10]))),
+        "{:?}",
+        img.get_pixel(0, 0)
+    );
 }
 
 #[test]
@@ -536,7 +665,11 @@ fn webp_and_bmp_decode() {
             .write_to(&mut Cursor::new(&mut bytes), format)
             .unwrap();
         // Both encoders are lossless here.
-        assert_eq!(decode(&bytes, &DecodeLimits::default()).unwrap(), src, "{format:?}");
+        assert_eq!(
+            decode(&bytes, &DecodeLimits::default()).unwrap(),
+            src,
+            "{format:?}"
+        );
     }
 }
 
@@ -551,7 +684,11 @@ fn load_for_model_and_batch() {
     assert_eq!(one, read_png_rgb(&data("pil_resize_97x61_to_32x20.png")));
 
     let text = b"not an image".to_vec();
-    let sources = [Source::Bytes(&png), Source::Bytes(&text), Source::Bytes(&png)];
+    let sources = [
+        Source::Bytes(&png),
+        Source::Bytes(&text),
+        Source::Bytes(&png),
+    ];
     let out = decode_and_resize_many(&sources, (32, 20), &lim);
     assert_eq!(out.len(), 3);
     assert_eq!(out[0].as_ref().unwrap(), &one);
@@ -559,7 +696,10 @@ fn load_for_model_and_batch() {
     assert_eq!(out[2].as_ref().unwrap(), &one);
 
     let missing = [Source::Path(PathBuf::from("/nonexistent/x.jpg"))];
-    assert!(matches!(decode_and_resize_many(&missing, (8, 8), &lim)[0], Err(ImageError::Io(_))));
+    assert!(matches!(
+        decode_and_resize_many(&missing, (8, 8), &lim)[0],
+        Err(ImageError::Io(_))
+    ));
 
     let t = to_tensor_data(&[one.clone(), one], Scaling::ZeroToOne);
     assert_eq!(t.len(), 2 * 20 * 32 * 3);

@@ -6,12 +6,13 @@
 //! buffer exists, EXIF orientation, conversion to 8-bit RGB) and
 //! [`resize_bilinear_pil`] (a bit-exact port of Pillow's resampler).
 
+mod jpeg;
 mod resize;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use ::image::codecs::{bmp::BmpDecoder, gif::GifDecoder, jpeg::JpegDecoder};
+use ::image::codecs::{bmp::BmpDecoder, gif::GifDecoder};
 use ::image::codecs::{png::PngDecoder, webp::WebPDecoder};
 use ::image::{DynamicImage, ImageDecoder, Limits};
 use rayon::prelude::*;
@@ -174,7 +175,9 @@ fn describe_non_image(bytes: &[u8]) -> String {
         .iter()
         .all(|&b| b == b'\n' || b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80);
     if texty {
-        let t = String::from_utf8_lossy(head).trim_start().to_ascii_lowercase();
+        let t = String::from_utf8_lossy(head)
+            .trim_start()
+            .to_ascii_lowercase();
         if t.starts_with("<svg") || (t.starts_with("<?xml") && t.contains("<svg")) {
             return "an SVG document (vector images are not supported)".into();
         }
@@ -197,8 +200,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     let cur = Cursor::new(bytes);
     match format {
         Format::Jpeg => {
-            check_jpeg_complete(bytes)?;
-            finish(JpegDecoder::new(cur).map_err(corrupt)?, limits)
+            let (img, orientation) = jpeg::decode(bytes, limits)?;
+            let mut img = DynamicImage::ImageRgb8(img);
+            img.apply_orientation(orientation);
+            Ok(img.into_rgb8())
         }
         Format::Png => finish(PngDecoder::new(cur).map_err(corrupt)?, limits),
         Format::WebP => finish(WebPDecoder::new(cur).map_err(corrupt)?, limits),
@@ -223,8 +228,10 @@ fn finish(mut dec: impl ImageDecoder, limits: &DecodeLimits) -> Result<RgbImage,
 }
 
 /// Convert like PIL's `convert('RGB')`: alpha is dropped (not composited),
-/// gray is replicated, and 16-bit samples keep their high byte, as PIL's
-/// `RGB;16B` unpacker does (the `image` crate would round instead).
+/// gray is replicated, and 16-bit colour samples keep their high byte, as
+/// PIL's `RGB;16B` unpacker does (the `image` crate would round instead).
+/// 16-bit gray also keeps its high byte; PIL clips its `I;16` values to 255
+/// instead, which turns most such photos white, so we do not follow it.
 fn to_rgb8(img: DynamicImage) -> RgbImage {
     let high_byte = |v: &u16| (v >> 8) as u8;
     let (w, h) = (img.width(), img.height());
@@ -249,45 +256,6 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
         _ => None,
     };
     converted.unwrap_or_else(|| img.into_rgb8())
-}
-
-/// A JPEG cut short must fail as PIL does ("image file is truncated"),
-/// rather than decode to a half-grey picture.
-fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
-    let truncated = || ImageError::Corrupt("JPEG is truncated (no end-of-image marker)".into());
-    // Walk the header segments by their lengths up to the first SOS, so an
-    // EXIF thumbnail (a whole JPEG inside APP1) is skipped, not searched.
-    let mut i = 2;
-    loop {
-        // Fill bytes (FF FF ...) may pad between segments.
-        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1;
-        }
-        match (bytes.get(i), bytes.get(i + 1)) {
-            (Some(0xFF), Some(&m)) => {
-                let len = match (bytes.get(i + 2), bytes.get(i + 3)) {
-                    (Some(&hi), Some(&lo)) => usize::from(u16::from_be_bytes([hi, lo])),
-                    _ => return Err(truncated()),
-                };
-                i += 2 + len;
-                if m == 0xDA {
-                    break;
-                }
-            }
-            (Some(_), Some(_)) => {
-                return Err(ImageError::Corrupt("JPEG header is malformed".into()))
-            }
-            _ => return Err(truncated()),
-        }
-    }
-    // In entropy-coded data every FF is stuffed (FF 00) or a marker, so the
-    // first FF D9 after SOS is the real end of image.
-    let rest = bytes.get(i..).unwrap_or(&[]);
-    if rest.windows(2).any(|w| w == [0xFF, 0xD9]) {
-        Ok(())
-    } else {
-        Err(truncated())
-    }
 }
 
 fn corrupt(e: ::image::ImageError) -> ImageError {

@@ -46,6 +46,20 @@ def main(out):
     c = np.stack([x * 10, y * 15, (x + y) * 6, (x * y) % 60], -1).astype(np.uint8)
     Image.fromarray(c, "CMYK").save(os.path.join(out, "cmyk.jpg"), quality=95)
     Image.open(os.path.join(out, "cmyk.jpg")).convert("RGB").save(os.path.join(out, "cmyk_pil_rgb.png"))
+    # JPEG variants (odd sizes exercise the upsampling edges) and what PIL
+    # decodes them to.
+    src = synth(45, 31)
+    variants = {
+        "jpeg_420_progressive": dict(subsampling=2, progressive=True),
+        "jpeg_422": dict(subsampling=1),
+        "jpeg_444": dict(subsampling=0),
+    }
+    for name, opts in variants.items():
+        src.save(os.path.join(out, f"{name}.jpg"), quality=90, **opts)
+    src.convert("L").save(os.path.join(out, "jpeg_gray.jpg"), quality=90)
+    for name in [*variants, "jpeg_gray"]:
+        im = Image.open(os.path.join(out, f"{name}.jpg")).convert("RGB")
+        im.save(os.path.join(out, f"{name}_pil_rgb.png"))
 
 
 if __name__ == "__main__":

@@ -88,13 +88,7 @@ fn clip8(acc: i32) -> u8 {
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Horizontal pass over input rows `row0..row0 + rows`.
-fn resample_horizontal(
-    src: &[u8],
-    src_w: usize,
-    row0: usize,
-    rows: usize,
-    c: &Coeffs,
-) -> Vec<u8> {
+fn resample_horizontal(src: &[u8], src_w: usize, row0: usize, rows: usize, c: &Coeffs) -> Vec<u8> {
     let out_w = c.bounds.len();
     let mut out = vec![0u8; out_w * rows * 3];
     for (yy, out_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
@@ -195,7 +189,10 @@ pub fn resize_bilinear_pil_ordered(img: &RgbImage, w: u32, h: u32, order: PassOr
             let first = vert.bounds.first().map_or(0, |b| b.0);
             let last = vert.bounds.last().map_or(in_h, |b| b.0 + b.1);
             let horiz = precompute_coeffs(in_w, out_w);
-            (resample_horizontal(src, in_w, first, last - first, &horiz), first)
+            (
+                resample_horizontal(src, in_w, first, last - first, &horiz),
+                first,
+            )
         } else {
             (src.to_vec(), 0)
         };
