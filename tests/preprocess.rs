@@ -304,7 +304,7 @@ fn golden_scaling_is_exact() {
 fn scaling_values() {
     let img = RgbImage::from_raw(1, 1, vec![0, 255, 51]).unwrap();
     assert_eq!(
-        to_tensor_data(&[img.clone()], Scaling::MinusOneToOne),
+        to_tensor_data(std::slice::from_ref(&img), Scaling::MinusOneToOne),
         [-1.0, 1.0, 51.0 / 127.5 - 1.0]
     );
     assert_eq!(to_tensor_data(&[img], Scaling::ZeroToOne), [0.0, 1.0, 0.2]);
@@ -394,6 +394,23 @@ fn exif_orientation_is_applied() {
             );
         }
     }
+}
+
+#[test]
+fn png_exif_orientation_is_applied() {
+    let stored = quadrants(64, 32);
+    let png = encode_png(&DynamicImage::ImageRgb8(stored.clone()));
+    // eXIf holds the bare TIFF structure; it must precede IDAT.
+    let tiff = exif_app1(6)[10..].to_vec();
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+    let mut with_exif = png[..idat].to_vec();
+    with_exif.extend(png_chunk(b"eXIf", &tiff));
+    with_exif.extend_from_slice(&png[idat..]);
+    let img = decode(&with_exif, &DecodeLimits::default()).unwrap();
+    assert_eq!(img.dimensions(), (32, 64));
+    // Orientation 6: display (x, y) shows stored (y, h - 1 - x).
+    assert_eq!(img.get_pixel(0, 0), stored.get_pixel(0, 31));
+    assert_eq!(img.get_pixel(31, 63), stored.get_pixel(63, 0));
 }
 
 // ---------------------------------------------------------------------------
@@ -541,16 +558,25 @@ fn malformed_jpeg_header_is_corrupt_not_a_panic() {
 }
 
 #[test]
-fn truncated_png_is_corrupt() {
-    let png = encode_png(&DynamicImage::ImageRgb8(noisy(64, 64)));
-    for cut in [png.len() / 2, png.len() - 12, 40] {
-        assert!(
-            matches!(
-                decode(&png[..cut], &DecodeLimits::default()),
-                Err(ImageError::Corrupt(_))
-            ),
-            "cut at {cut}"
-        );
+fn truncated_files_are_corrupt() {
+    let src = DynamicImage::ImageRgb8(noisy(64, 64));
+    for format in [
+        image::ImageFormat::Png,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Bmp,
+        image::ImageFormat::Gif,
+    ] {
+        let mut bytes = Vec::new();
+        src.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 12, 40] {
+            match decode(&bytes[..cut], &DecodeLimits::default()) {
+                Err(ImageError::Corrupt(_)) => {}
+                other => panic!(
+                    "{format:?} cut at {cut}/{}: expected Corrupt, got {other:?}",
+                    bytes.len()
+                ),
+            }
+        }
     }
 }
 
