@@ -2,9 +2,13 @@
 //!
 //! Keras' `load_img(path, target_size, interpolation='bilinear')` decodes with
 //! PIL, converts to RGB and calls `Image.resize(size, BILINEAR)`. This module
-//! reproduces that: [`decode`] (format sniffing, size limits before any pixel
-//! buffer exists, EXIF orientation, conversion to 8-bit RGB) and
-//! [`resize_bilinear_pil`] (a bit-exact port of Pillow's resampler).
+//! reproduces that bit for bit: [`decode`] (format sniffing, size limits
+//! before any pixel buffer exists, EXIF orientation, conversion to 8-bit RGB;
+//! JPEG through libjpeg-turbo's decoder as in PIL) and [`resize_bilinear_pil`]
+//! (a port of Pillow's resampler).
+//!
+//! One deliberate difference: Keras' `load_img` ignores EXIF orientation;
+//! [`decode`] applies it, so a rotated phone photo reaches the model upright.
 
 mod jpeg;
 mod resize;
@@ -40,6 +44,7 @@ pub enum ImageError {
     /// Truncated or malformed data.
     #[error("corrupt image: {0}")]
     Corrupt(String),
+    /// Reading the file failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -337,6 +342,10 @@ impl Scaling {
 
 /// Flatten images into an NHWC f32 batch. All images must have the same size.
 pub fn to_tensor_data(imgs: &[RgbImage], scaling: Scaling) -> Vec<f32> {
+    debug_assert!(
+        imgs.windows(2).all(|w| w[0].dimensions() == w[1].dimensions()),
+        "to_tensor_data: images of different sizes"
+    );
     let lut: Vec<f32> = (0..=255u8).map(|v| scaling.apply(v)).collect();
     let total: usize = imgs.iter().map(|i| i.as_raw().len()).sum();
     let mut out = Vec::with_capacity(total);
