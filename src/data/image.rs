@@ -343,7 +343,8 @@ impl Scaling {
 /// Flatten images into an NHWC f32 batch. All images must have the same size.
 pub fn to_tensor_data(imgs: &[RgbImage], scaling: Scaling) -> Vec<f32> {
     debug_assert!(
-        imgs.windows(2).all(|w| w[0].dimensions() == w[1].dimensions()),
+        imgs.windows(2)
+            .all(|w| w[0].dimensions() == w[1].dimensions()),
         "to_tensor_data: images of different sizes"
     );
     let lut: Vec<f32> = (0..=255u8).map(|v| scaling.apply(v)).collect();
