@@ -56,7 +56,6 @@ pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<Creat
     st.db
         .insert_job(&id, &req.dataset_id, crate::jobs::variant_str(variant), &serde_json::to_string(&config)?)
         .await?;
-    st.db.insert_event(&id, 1, "status", &json!({"type": "status", "status": status::QUEUED}).to_string()).await?;
     st.jobs_queued.notify_one();
     metrics::counter!("tuneserve_jobs_created_total").increment(1);
     let row = st.db.get_job(&id).await?.ok_or_else(|| ApiError::internal("job vanished after insert"))?;

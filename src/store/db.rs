@@ -247,7 +247,12 @@ impl Db {
 
     // ---- jobs
 
+    /// Inserts a queued job together with its first event (seq 1, `queued`),
+    /// in one transaction: a worker may claim the job the moment it is
+    /// visible, and its own first event must not race for seq 1.
     pub async fn insert_job(&self, id: &str, dataset_id: &str, variant: &str, config: &str) -> Result<(), DbError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO jobs (id, dataset_id, status, variant, config, created_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
         )
@@ -255,9 +260,16 @@ impl Db {
         .bind(dataset_id)
         .bind(variant)
         .bind(config)
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query("INSERT INTO job_events (job_id, seq, created_at, kind, data) VALUES ($1, 1, $2, 'status', $3)")
+            .bind(id)
+            .bind(now)
+            .bind(r#"{"type":"status","status":"queued"}"#)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
