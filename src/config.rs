@@ -86,6 +86,10 @@ pub struct ServeConfig {
     /// On shutdown, how long a running job may take to reach its next checkpoint, in seconds.
     #[arg(long, env = "TUNESERVE_SHUTDOWN_GRACE_SECS", default_value_t = 300)]
     pub shutdown_grace_secs: u64,
+
+    /// Directory of the web page (index.html, app.js, app.css), served at `/`.
+    #[arg(long, env = "TUNESERVE_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
 }
 
 impl ServeConfig {

@@ -21,6 +21,8 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use axum::handler::HandlerWithoutStateExt;
+use tower_http::services::ServeDir;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -183,7 +185,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))
-        .fallback(not_found)
+        // The web page; whatever it does not hold is the API's JSON 404.
+        .fallback_service(
+            ServeDir::new(&cfg.static_dir)
+                .call_fallback_on_method_not_allowed(true)
+                .fallback(not_found.into_service()),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
