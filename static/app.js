@@ -406,7 +406,7 @@ function setStatus(status) {
   $('#live-body').dataset.status = status;
 }
 
-function setProgress(stage, epoch, epochs, step, steps) {
+function setProgress(stage, epoch, epochs, step, steps, epochDone = false) {
   const job = live.job;
   $('#live-stage').textContent = STAGE_NAMES[stage] || stage || '–';
   if (stage === 'features') {
@@ -418,11 +418,12 @@ function setProgress(stage, epoch, epochs, step, steps) {
   $('#live-epoch').textContent = epoch ? `${epoch} / ${epochs}` : '–';
   const hp = job.hyperparameters;
   const total = (hp.frozen_epochs || 0) + (hp.finetune_epochs || 0);
-  const within = steps ? step / steps : 0;
+  const within = epochDone ? 1 : steps ? step / steps : 0;
   const done = stageOffset(job, stage) + Math.max(0, (epoch || 1) - 1) + within;
   const frac = total ? Math.min(1, done / total) : 0;
   $('#live-progress').value = 100 * frac;
-  $('#live-progress-label').textContent = `Progress ${pct(frac)}${steps ? ` (step ${step}/${steps})` : ''}`;
+  const detail = epochDone ? ` (epoch ${epoch} done)` : steps ? ` (step ${step}/${steps})` : '';
+  $('#live-progress-label').textContent = `Progress ${pct(frac)}${detail}`;
 }
 
 function watchJob(job) {
@@ -477,7 +478,7 @@ function watchJob(job) {
   on('progress', (d) => setProgress(d.stage, d.epoch, d.epochs, d.step, d.steps));
   on('epoch', (d) => {
     live.epochs.push(d);
-    setProgress(d.stage, d.epoch, d.epochs, 1, 1);
+    setProgress(d.stage, d.epoch, d.epochs, 0, 0, true);
     drawCharts();
   });
   on('message', (d) => {
@@ -577,7 +578,7 @@ function lineChart(node, series, { yMin, yMax, yFmt, xMax, boundary }) {
   if (boundary > 0 && boundary < xMax) {
     const bx = (xs(boundary) + xs(boundary + 1)) / 2;
     node.append(svg('line', { x1: bx, x2: bx, y1: T, y2: T + ph, class: 'boundary' }));
-    node.append(svg('text', { x: bx + 4, y: T + 12, class: 'tick' }, 'fine-tune →'));
+    node.append(svg('text', { x: bx - 4, y: T + 12, class: 'tick', 'text-anchor': 'end' }, 'fine-tune →'));
   }
   let count = 0;
   for (const s of series) {
