@@ -1,5 +1,8 @@
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOC: tuneserve::alloc::CachingAlloc = tuneserve::alloc::CachingAlloc::new();
+
 /// Transfer learning on images as an HTTP service.
 #[derive(Parser)]
 #[command(name = "tuneserve", version, about)]
@@ -12,15 +15,33 @@ struct Cli {
 enum Command {
     /// Run the HTTP service.
     Serve(tuneserve::cli::serve::ServeArgs),
+    /// Train the two-stage recipe on a dataset folder or archive.
+    Train(tuneserve::cli::train::TrainArgs),
+    /// Predict images with a trained checkpoint.
+    Predict(tuneserve::cli::predict::PredictArgs),
+    /// Print backbone features of images as JSON lines.
+    Embed(tuneserve::cli::embed::EmbedArgs),
+    /// Import or fetch pretrained weights.
+    Weights(tuneserve::cli::weights::WeightsArgs),
+    /// Measure inference and training throughput (JSON line, as bench/peers prints).
+    Bench(tuneserve::cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(tuneserve::cli::serve::run(args))?;
-        }
+    let command = Cli::parse().command;
+    // `serve` sets up its own logging (it has a JSON option).
+    if !matches!(command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
     }
-    Ok(())
+    match command {
+        Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
+        Command::Train(a) => tuneserve::cli::train::run(a),
+        Command::Predict(a) => tuneserve::cli::predict::run(a),
+        Command::Embed(a) => tuneserve::cli::embed::run(a),
+        Command::Weights(a) => tuneserve::cli::weights::run(a),
+        Command::Bench(a) => tuneserve::cli::bench::run(a),
+    }
 }

@@ -1,3 +1,9 @@
-//! Command-line subcommands.
+//! Command-line entry points; each subcommand is a thin layer over the library.
 
+pub mod bench;
+pub mod device;
+pub mod embed;
+pub mod predict;
 pub mod serve;
+pub mod train;
+pub mod weights;

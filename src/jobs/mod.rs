@@ -318,7 +318,7 @@ fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
             let w = ctx.cfg.weights_path();
             if !w.exists() {
                 return Err(format!(
-                    "pretrained weights not found at {}: run `tuneserve weights fetch` or pass --weights",
+                    "pretrained weights not found at {}: run `tuneserve weights fetch xception` or pass --weights",
                     w.display()
                 ));
             }
