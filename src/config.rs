@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cli::device::{pick_device, DeviceArg};
 use crate::data::image::DecodeLimits;
+use crate::model::weights::fetch;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
@@ -21,12 +23,14 @@ pub struct ServeConfig {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Device for training and prediction: cpu, cuda or cuda:N.
-    #[arg(long, env = "TUNESERVE_DEVICE", default_value = "cpu")]
-    pub device: String,
+    /// Device for training and prediction: auto (CUDA when built with it and
+    /// present), cpu, cuda or cuda:N.
+    #[arg(long, env = "TUNESERVE_DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
 
-    /// Pretrained Xception weights (product safetensors) for full-size jobs;
-    /// default: <data_dir>/weights/xception_imagenet.safetensors.
+    /// Pretrained Xception weights for full-size jobs (safetensors, or a Keras
+    /// .h5/.keras file); default: <data_dir>/weights/xception_imagenet.safetensors,
+    /// which `tuneserve weights fetch xception` writes.
     #[arg(long, env = "TUNESERVE_WEIGHTS")]
     pub weights: Option<PathBuf>,
 
@@ -116,7 +120,7 @@ impl ServeConfig {
     }
 
     pub fn weights_path(&self) -> PathBuf {
-        self.weights.clone().unwrap_or_else(|| self.data_dir.join("weights").join("xception_imagenet.safetensors"))
+        self.weights.clone().unwrap_or_else(|| self.data_dir.join("weights").join(fetch::XCEPTION_CACHE_FILE))
     }
 
     pub fn decode_limits(&self) -> DecodeLimits {
@@ -128,13 +132,6 @@ impl ServeConfig {
     }
 
     pub fn candle_device(&self) -> Result<candle_core::Device, String> {
-        match self.device.as_str() {
-            "cpu" => Ok(candle_core::Device::Cpu),
-            "cuda" => candle_core::Device::new_cuda(0).map_err(|e| e.to_string()),
-            d => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-                Some(n) => candle_core::Device::new_cuda(n).map_err(|e| e.to_string()),
-                None => Err(format!("unknown device {d:?}: use cpu, cuda or cuda:N")),
-            },
-        }
+        pick_device(self.device).map_err(|e| format!("device {:?}: {e}", self.device))
     }
 }

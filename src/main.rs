@@ -23,25 +23,25 @@ enum Command {
     Embed(tuneserve::cli::embed::EmbedArgs),
     /// Import or fetch pretrained weights.
     Weights(tuneserve::cli::weights::WeightsArgs),
+    /// Measure inference and training throughput (JSON line, as bench/peers prints).
+    Bench(tuneserve::cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Command::Serve(args) = cli.command {
-        // The service sets up its own logging (TUNESERVE_LOG, optional JSON).
-        let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(tuneserve::cli::serve::run(args))?;
-        return Ok(());
+    let command = Cli::parse().command;
+    // `serve` sets up its own logging (it has a JSON option).
+    if !matches!(command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match cli.command {
-        Command::Serve(_) => unreachable!(),
+    match command {
+        Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
         Command::Train(a) => tuneserve::cli::train::run(a),
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),
         Command::Weights(a) => tuneserve::cli::weights::run(a),
+        Command::Bench(a) => tuneserve::cli::bench::run(a),
     }
 }

@@ -28,6 +28,24 @@ async fn zip_slip(db: Db) {
     let mut e = two_class_entries("", 3, 0);
     e.push(("/etc/absolute.png".into(), image_bytes(true, 0, false)));
     assert_error(&srv.upload_zip(zip_of(&e)).await, 422, "unsafe_path");
+    // The same in a tar (the raw header name, which tar::Builder would refuse to write).
+    let mut t = tar::Builder::new(Vec::new());
+    for (n, b) in two_class_entries("", 3, 0) {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(b.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, n, &b[..]).unwrap();
+    }
+    let evil = image_bytes(true, 0, false);
+    let mut h = tar::Header::new_old();
+    let name = b"../../escaped.png";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(evil.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append(&h, &evil[..]).unwrap();
+    assert_error(&srv.post_bytes("/v1/datasets", "application/x-tar", t.into_inner().unwrap()).await, 422, "unsafe_path");
     srv.assert_alive(Some(&good)).await;
     // Nothing escaped into the data dir or its parents, nothing half-made stayed.
     assert!(!srv.dir.path().join("escaped.png").exists());
@@ -47,6 +65,16 @@ async fn symlink_entry(db: Db) {
     w.add_symlink("train/bright/link.png", "/etc/passwd", o).unwrap();
     let z = w.finish().unwrap().into_inner();
     assert_error(&srv.upload_zip(z).await, 422, "link_entry");
+    // A tar symlink and a hard link.
+    for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        t.append_link(&mut h, "train/bright/link.png", "/etc/passwd").unwrap();
+        assert_error(&srv.post_bytes("/v1/datasets", "application/x-tar", t.into_inner().unwrap()).await, 422, "link_entry");
+    }
     srv.assert_alive(Some(&good)).await;
 }
 

@@ -47,7 +47,7 @@ pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<Creat
         return Err(ApiError::unprocessable(
             "weights_missing",
             format!(
-                "full-size jobs need the pretrained weights at {}: run `tuneserve weights fetch` (or start with --weights)",
+                "full-size jobs need the pretrained weights at {}: run `tuneserve weights fetch xception` (or start with --weights)",
                 st.cfg.weights_path().display()
             ),
         ));

@@ -19,8 +19,13 @@ pub fn init_tracing(json: bool) {
     let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), crate::api::ServeError> {
+/// Runs the service on its own Tokio runtime until a signal stops it.
+pub fn run(args: ServeArgs) -> Result<(), crate::api::ServeError> {
     init_tracing(args.log_json);
+    tokio::runtime::Runtime::new()?.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), crate::api::ServeError> {
     let listener = tokio::net::TcpListener::bind(args.config.bind).await?;
     let token = tokio_util::sync::CancellationToken::new();
     let t = token.clone();

@@ -30,6 +30,14 @@ pub struct IngestLimits {
     pub image: DecodeLimits,
 }
 
+/// Bounds for archives from a trusted hand (the CLI); the service takes its
+/// own from its configuration.
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self { max_entries: 200_000, max_uncompressed_bytes: 8 << 30, max_file_bytes: 64 << 20, image: DecodeLimits::default() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("the upload is not a zip, tar or tar.gz archive ({0})")]

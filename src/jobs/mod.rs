@@ -171,7 +171,17 @@ fn run_job(ctx: &JobContext, job: JobRow) {
     };
 
     let started = Instant::now();
-    let result = train::run(spec, &mut on_event, &cancel);
+    // A panic in training must fail the job, not kill the worker and leave
+    // the job `running` forever.
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::run(spec, &mut on_event, &cancel))) {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(TrainError::Cancelled)) => Err(None),
+        Ok(Err(e)) => Err(Some(e.to_string())),
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(Some(format!("training panicked: {}", msg.unwrap_or_default())))
+        }
+    };
     hb_stop.cancel();
     let _ = rt.block_on(hb);
     metrics::histogram!("tuneserve_job_seconds").record(started.elapsed().as_secs_f64());
@@ -193,17 +203,18 @@ fn run_job(ctx: &JobContext, job: JobRow) {
             }
             Err(msg) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
         },
-        Err(TrainError::Cancelled) if flags.user.load(Ordering::Acquire) => {
+        // Err(None): cancelled, by the user or by a shutdown.
+        Err(None) if flags.user.load(Ordering::Acquire) => {
             finish(ctx, &job, &mut seq, status::CANCELLED, None, None, emit);
         }
-        Err(TrainError::Cancelled) => {
+        Err(None) => {
             info!("job handed back to the queue for shutdown; it resumes from its last checkpoint");
             emit(&mut seq, "status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
             if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.cfg.instance)) {
                 warn!(error = %e, "could not requeue the job; the next start will");
             }
         }
-        Err(e) => finish(ctx, &job, &mut seq, status::FAILED, Some(&e.to_string()), None, emit),
+        Err(Some(msg)) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
     }
 }
 
@@ -307,7 +318,7 @@ fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
             let w = ctx.cfg.weights_path();
             if !w.exists() {
                 return Err(format!(
-                    "pretrained weights not found at {}: run `tuneserve weights fetch` or pass --weights",
+                    "pretrained weights not found at {}: run `tuneserve weights fetch xception` or pass --weights",
                     w.display()
                 ));
             }
