@@ -9,7 +9,8 @@
 //! --tf32 (cuBLAS f32 matmuls on TF32 tensor cores), --no-event-tracking
 //! (cudarc's per-tensor CUDA events off; safe with one thread and stream).
 //! Prints one JSON line per workload (stdout); progress goes to stderr.
-//! TUNESERVE_PROFILE=1 adds a per-layer-kind time table (stderr).
+//! TUNESERVE_PROFILE=wall CUDA_LAUNCH_BLOCKING=1 adds a per-layer-kind time
+//! table of the timed steps (stderr).
 
 use std::time::Instant;
 
@@ -73,6 +74,7 @@ fn time(dev: &Device, warmup: usize, iters: usize, mut step: impl FnMut() -> can
         dev.synchronize()?;
         eprintln!("  warmup {i}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     }
+    let _ = tuneserve::model::profile::take(); // profile the timed steps only
     let mut times = Vec::new();
     for _ in 0..iters {
         let t = Instant::now();
@@ -84,8 +86,8 @@ fn time(dev: &Device, warmup: usize, iters: usize, mut step: impl FnMut() -> can
 }
 
 fn report(a: &Args, dev_name: &str, workload: &str, times: &[f64]) {
-    // TUNESERVE_PROFILE=1 (with CUDA_LAUNCH_BLOCKING=1 on a GPU, so that each
-    // op's time includes its kernels): where the time went, per layer kind.
+    // TUNESERVE_PROFILE=wall (with CUDA_LAUNCH_BLOCKING=1 on a GPU, so that
+    // each op's time includes its kernels): where the time went, per layer kind.
     for (k, n, s) in tuneserve::model::profile::take() {
         eprintln!("  profile {workload} {k:<24} {n:>6} {:>9.1} ms", s * 1e3);
     }

@@ -293,10 +293,13 @@ pub(crate) fn depthwise_kernel_grad(
         let part = alloc::<T>(dev, c * bsz * kk)?;
         let f = func!(dev, T, "dw_kernel_grad_partial")?;
         let gc = GeomC::from(g);
+        // One block per plane; small planes (the 19x19 middle flow) get small
+        // blocks, so that threads are not left idle through the reductions.
+        let threads = (g.out_plane() / 4).next_power_of_two().clamp(32, THREADS as usize) as u32;
         let cfg = LaunchConfig {
             grid_dim: ((c * bsz) as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: THREADS * std::mem::size_of::<T>() as u32,
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: threads * std::mem::size_of::<T>() as u32,
         };
         let mut b = f.builder();
         b.arg(&gc).arg(&x).arg(&dy).arg(&part);
