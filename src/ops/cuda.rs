@@ -365,14 +365,24 @@ pub(crate) fn max_pool_grad(
     planes: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device();
-    let n = planes * g.in_plane();
+    let (n_out, n) = (planes * g.out_plane(), planes * g.in_plane());
     gpu_dispatch!(s1, |T| {
         let (x, dy) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+        let gc = GeomC::from(g);
+        // Pass 1: each window's first maximum.
+        // SAFETY: the argmax kernel writes every element.
+        let idx = unsafe { dev.alloc::<i32>(n_out.max(1)) }?;
+        let f = func!(dev, T, "max_pool_argmax")?;
+        let no64 = n_out as i64;
+        let mut b = f.builder();
+        b.arg(&no64).arg(&gc).arg(&x).arg(&idx);
+        unsafe { b.launch(elems(n_out)) }.w()?;
+        // Pass 2: each input pixel gathers the gradients of the windows it won.
         let dx = alloc::<T>(dev, n)?;
         let f = func!(dev, T, "max_pool_grad")?;
-        let (n64, gc) = (n as i64, GeomC::from(g));
+        let n64 = n as i64;
         let mut b = f.builder();
-        b.arg(&n64).arg(&gc).arg(&x).arg(&dy).arg(&dx);
+        b.arg(&n64).arg(&gc).arg(&idx).arg(&dy).arg(&dx);
         unsafe { b.launch(elems(n)) }.w()?;
         wrap(dx, dev, l1.shape().clone())
     })

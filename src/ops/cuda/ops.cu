@@ -106,22 +106,30 @@ template <typename T> __device__ void sum_splits(int64_t rows, int64_t splits, i
 
 // ---- depthwise convolution -------------------------------------------------
 
+// KK: the kernel size when known at compile time (3: every depthwise layer of
+// Xception and MobileNetV2), so the tap loops unroll and the per-tap
+// accumulators stay in registers; 0 = read it from the geometry.
+#define KSIZE(g) (KK ? KK : (g).k)
+
 // y[p, oi, oj] = sum_{a,b} k[c, a*K+b] * x[p, oi*s+a-pt, oj*s+b-pl]; taps in (a, b) order like the CPU.
-template <typename T> __device__ void dw_fwd(int64_t n, int B, Geom g, const T* x, const T* k, T* y) {
+template <typename T, int KK> __device__ void dw_fwd(int64_t n, int B, Geom g, const T* x, const T* k, T* y) {
+    const int K = KSIZE(g);
     int64_t op = (int64_t)g.out_h * g.out_w, ip = (int64_t)g.in_h * g.in_w;
     GRID_LOOP(i, n) {
         int64_t p = i / op;
         int rem = (int)(i % op), oi = rem / g.out_w, oj = rem % g.out_w;
         const T* xp = x + p * ip;
-        const T* kc = k + (p / B) * g.k * g.k;
+        const T* kc = k + (p / B) * K * K;
         T acc = T(0);
-        for (int a = 0; a < g.k; a++) {
+#pragma unroll
+        for (int a = 0; a < K; a++) {
             int r = oi * g.stride + a - g.pad_top;
             if (r < 0 || r >= g.in_h) continue;
-            for (int b = 0; b < g.k; b++) {
+#pragma unroll
+            for (int b = 0; b < K; b++) {
                 int c = oj * g.stride + b - g.pad_left;
                 if (c < 0 || c >= g.in_w) continue;
-                acc += kc[a * g.k + b] * xp[r * g.in_w + c];
+                acc += kc[a * K + b] * xp[r * g.in_w + c];
             }
         }
         y[i] = acc;
@@ -129,25 +137,28 @@ template <typename T> __device__ void dw_fwd(int64_t n, int B, Geom g, const T* 
 }
 
 // dx[p, r, c] = sum over (a, b) with r = oi*s+a-pt, c = oj*s+b-pl inside the output.
-template <typename T> __device__ void dw_input_grad(int64_t n, int B, Geom g, const T* dy, const T* k, T* dx) {
+template <typename T, int KK> __device__ void dw_input_grad(int64_t n, int B, Geom g, const T* dy, const T* k, T* dx) {
+    const int K = KSIZE(g);
     int64_t op = (int64_t)g.out_h * g.out_w, ip = (int64_t)g.in_h * g.in_w;
     GRID_LOOP(i, n) {
         int64_t p = i / ip;
         int rem = (int)(i % ip), r = rem / g.in_w, c = rem % g.in_w;
         const T* dyp = dy + p * op;
-        const T* kc = k + (p / B) * g.k * g.k;
+        const T* kc = k + (p / B) * K * K;
         T acc = T(0);
-        for (int a = 0; a < g.k; a++) {
+#pragma unroll
+        for (int a = 0; a < K; a++) {
             int t = r + g.pad_top - a;
             if (t < 0 || t % g.stride) continue;
             int oi = t / g.stride;
             if (oi >= g.out_h) continue;
-            for (int b = 0; b < g.k; b++) {
+#pragma unroll
+            for (int b = 0; b < K; b++) {
                 int u = c + g.pad_left - b;
                 if (u < 0 || u % g.stride) continue;
                 int oj = u / g.stride;
                 if (oj >= g.out_w) continue;
-                acc += kc[a * g.k + b] * dyp[oi * g.out_w + oj];
+                acc += kc[a * K + b] * dyp[oi * g.out_w + oj];
             }
         }
         dx[i] = acc;
@@ -157,31 +168,38 @@ template <typename T> __device__ void dw_input_grad(int64_t n, int B, Geom g, co
 #define DW_MAX_TAPS 25
 
 // One block per plane p = c*B + b: part[p, tap] = sum over outputs of dy * x at that tap.
-template <typename T> __device__ void dw_kernel_grad_partial(Geom g, const T* x, const T* dy, T* part) {
+template <typename T, int KK> __device__ void dw_kernel_grad_partial(Geom g, const T* x, const T* dy, T* part) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sh = reinterpret_cast<T*>(smem_raw);
+    const int K = KSIZE(g);
+    constexpr int NV = KK ? KK * KK : DW_MAX_TAPS;
     int64_t p = blockIdx.x;
-    int kk = g.k * g.k;
+    int kk = K * K;
     int op = g.out_h * g.out_w;
     const T* xp = x + p * (int64_t)g.in_h * g.in_w;
     const T* dyp = dy + p * (int64_t)op;
-    T v[DW_MAX_TAPS];
-    for (int j = 0; j < DW_MAX_TAPS; j++) v[j] = T(0);
+    T v[NV];
+#pragma unroll
+    for (int j = 0; j < NV; j++) v[j] = T(0);
     for (int o = threadIdx.x; o < op; o += blockDim.x) {
         int oi = o / g.out_w, oj = o % g.out_w;
         T d = dyp[o];
-        for (int a = 0; a < g.k; a++) {
+#pragma unroll
+        for (int a = 0; a < K; a++) {
             int r = oi * g.stride + a - g.pad_top;
             if (r < 0 || r >= g.in_h) continue;
-            for (int b = 0; b < g.k; b++) {
+#pragma unroll
+            for (int b = 0; b < K; b++) {
                 int c = oj * g.stride + b - g.pad_left;
                 if (c < 0 || c >= g.in_w) continue;
-                v[a * g.k + b] += d * xp[r * g.in_w + c];
+                v[a * K + b] += d * xp[r * g.in_w + c];
             }
         }
     }
     // Reduce the taps one at a time (shared memory holds one value per thread).
-    for (int j = 0; j < kk; j++) {
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        if (j >= kk) break;
         T one[1] = {v[j]};
         block_sum<T, 1>(one, sh);
         if (threadIdx.x == 0) part[p * kk + j] = sh[0];
@@ -278,14 +296,24 @@ template <typename T> __device__ __forceinline__ int window_argmax(const T* xp, 
     return best;
 }
 
-// Gather form (no atomics): each input pixel sums dy of the windows whose first
-// maximum it is, in increasing (oi, oj) order like the CPU's scatter.
-template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const T* x, const T* dy, T* dx) {
+// Pass 1: the first maximum (index in the plane) of every window.
+template <typename T> __device__ void max_pool_argmax(int64_t n, Geom g, const T* x, int* idx) {
+    int64_t op = (int64_t)g.out_h * g.out_w, ip = (int64_t)g.in_h * g.in_w;
+    GRID_LOOP(i, n) {
+        int64_t p = i / op;
+        int rem = (int)(i % op);
+        idx[i] = window_argmax(x + p * ip, g, rem / g.out_w, rem % g.out_w);
+    }
+}
+
+// Pass 2, gather form (no atomics): each input pixel sums dy of the windows
+// whose first maximum it is, in increasing (oi, oj) order like the CPU's scatter.
+template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const int* idx, const T* dy, T* dx) {
     int64_t op = (int64_t)g.out_h * g.out_w, ip = (int64_t)g.in_h * g.in_w;
     GRID_LOOP(i, n) {
         int64_t p = i / ip;
         int pix = (int)(i % ip), r = pix / g.in_w, c = pix % g.in_w;
-        const T* xp = x + p * ip;
+        const int* ix = idx + p * op;
         const T* dyp = dy + p * op;
         T acc = T(0);
         for (int a = g.k - 1; a >= 0; a--) {  // oi ascending
@@ -298,7 +326,7 @@ template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const T* 
                 if (u < 0 || u % g.stride) continue;
                 int oj = u / g.stride;
                 if (oj >= g.out_w) continue;
-                if (window_argmax(xp, g, oi, oj) == pix) acc += dyp[oi * g.out_w + oj];
+                if (ix[oi * g.out_w + oj] == pix) acc += dyp[oi * g.out_w + oj];
             }
         }
         dx[i] = acc;
@@ -329,13 +357,13 @@ template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const T* 
         sum_splits(rows, splits, width, part, out);                                                          \
     }                                                                                                        \
     extern "C" __global__ void dw_fwd_##S(int64_t n, int B, Geom g, const T* x, const T* k, T* y) {         \
-        dw_fwd(n, B, g, x, k, y);                                                                            \
+        if (g.k == 3) dw_fwd<T, 3>(n, B, g, x, k, y); else dw_fwd<T, 0>(n, B, g, x, k, y);                   \
     }                                                                                                        \
     extern "C" __global__ void dw_input_grad_##S(int64_t n, int B, Geom g, const T* dy, const T* k, T* dx) { \
-        dw_input_grad(n, B, g, dy, k, dx);                                                                   \
+        if (g.k == 3) dw_input_grad<T, 3>(n, B, g, dy, k, dx); else dw_input_grad<T, 0>(n, B, g, dy, k, dx); \
     }                                                                                                        \
     extern "C" __global__ void dw_kernel_grad_partial_##S(Geom g, const T* x, const T* dy, T* part) {       \
-        dw_kernel_grad_partial(g, x, dy, part);                                                              \
+        if (g.k == 3) dw_kernel_grad_partial<T, 3>(g, x, dy, part); else dw_kernel_grad_partial<T, 0>(g, x, dy, part); \
     }                                                                                                        \
     extern "C" __global__ void im2col_##S(int64_t n, int B, Geom g, const T* x, T* cols) {                  \
         im2col(n, B, g, x, cols);                                                                            \
@@ -346,8 +374,11 @@ template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const T* 
     extern "C" __global__ void max_pool_fwd_##S(int64_t n, Geom g, const T* x, T* y) {                      \
         max_pool_fwd(n, g, x, y);                                                                            \
     }                                                                                                        \
-    extern "C" __global__ void max_pool_grad_##S(int64_t n, Geom g, const T* x, const T* dy, T* dx) {       \
-        max_pool_grad(n, g, x, dy, dx);                                                                      \
+    extern "C" __global__ void max_pool_argmax_##S(int64_t n, Geom g, const T* x, int* idx) {               \
+        max_pool_argmax(n, g, x, idx);                                                                       \
+    }                                                                                                        \
+    extern "C" __global__ void max_pool_grad_##S(int64_t n, Geom g, const int* idx, const T* dy, T* dx) {   \
+        max_pool_grad(n, g, idx, dy, dx);                                                                    \
     }
 
 INSTANCES(float, f32)
