@@ -173,6 +173,9 @@ fn network_matches(kind: BackboneKind, size: usize) {
     let build = |d: &Device| Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: d.clone() }, true, d).unwrap();
     let (cpu, gpu) = (build(&Device::Cpu), build(&dev));
     let x = Tensor::randn(0f32, 1.0, (3, size, size, 3), &Device::Cpu).unwrap();
+    // Inference (the CPU fuses BatchNorm into the following depthwise here; the GPU does not).
+    let (ic, ig) = (cpu.features(&x).unwrap(), gpu.features(&x.to_device(&dev).unwrap()).unwrap());
+    close(&format!("{kind:?} inference features"), &ic, &ig, 1e-4);
     let (fc, tc) = cpu.forward_train(&x).unwrap();
     let (fg, tg) = gpu.forward_train(&x.to_device(&dev).unwrap()).unwrap();
     close(&format!("{kind:?} features"), &fc, &fg, 1e-4);
@@ -227,4 +230,26 @@ fn fused_adam_on_gpu_matches_cpu_adam() {
     oc.update([("w", &vc, &g)]).unwrap();
     og2.update([("w", &vg2, &g.to_device(&dev).unwrap())]).unwrap();
     close("adam var after restore", vc.as_tensor(), vg2.as_tensor(), 1e-6);
+}
+
+#[test]
+fn fused_pre_affine_depthwise_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let c = 6;
+    for g in [Geom::same(9, 11, 3, 1), Geom::same(8, 10, 3, 2), Geom::valid(15, 13, 3, 2), Geom::same(7, 7, 5, 1)] {
+        let x = randn(&[c, 3, g.in_h, g.in_w], DType::F32);
+        let k = randn(&[c, g.k * g.k], DType::F32);
+        let (xg, kg) = (x.to_device(&dev).unwrap(), k.to_device(&dev).unwrap());
+        for act in [None, Some(Act::Relu), Some(Act::Relu6)] {
+            let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.7).collect();
+            let shift: Vec<f32> = (0..c).map(|i| i as f32 * 0.3 - 0.8).collect();
+            let pre = ops::PreAffine { scale, shift, act };
+            close(
+                &format!("depthwise_fused {act:?} {g:?}"),
+                &ops::depthwise_fused(&x, &k, g, pre.clone()).unwrap(),
+                &ops::depthwise_fused(&xg, &kg, g, pre).unwrap(),
+                TOL,
+            );
+        }
+    }
 }

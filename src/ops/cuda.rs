@@ -227,7 +227,9 @@ pub(crate) fn affine_param_grad(
     })
 }
 
-/// Depthwise KxK convolution of (C,B,H,W) by (C,K*K).
+/// Depthwise KxK convolution of (C,B,H,W) by (C,K*K), optionally of
+/// act(x * scale[c] + shift[c]) (`pre`, inference fusion).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_fwd(
     s1: &CudaStorage,
     l1: &Layout,
@@ -236,6 +238,7 @@ pub(crate) fn depthwise_fwd(
     g: &Geom,
     c: usize,
     bsz: usize,
+    pre: Option<&super::PreAffine>,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device();
     let n = c * bsz * g.out_plane();
@@ -244,8 +247,17 @@ pub(crate) fn depthwise_fwd(
         let y = alloc::<T>(dev, n)?;
         let f = func!(dev, T, "dw_fwd")?;
         let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
+        // With no pre-affine, pre_act = -2 and the (unread) vectors are one element.
+        let (scale, shift, code): (Vec<T>, Vec<T>, i32) = match pre {
+            None => (vec![0 as T], vec![0 as T], -2),
+            Some(p) if p.scale.len() == c && p.shift.len() == c => {
+                (p.scale.iter().map(|v| *v as T).collect(), p.shift.iter().map(|v| *v as T).collect(), act_code(p.act))
+            }
+            Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
+        };
+        let (scale, shift) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
         let mut b = f.builder();
-        b.arg(&n64).arg(&b32).arg(&gc).arg(&x).arg(&k).arg(&y);
+        b.arg(&n64).arg(&b32).arg(&gc).arg(&x).arg(&k).arg(&y).arg(&scale).arg(&shift).arg(&code);
         unsafe { b.launch(elems(n)) }.w()?;
         wrap(y, dev, (c, bsz, g.out_h, g.out_w))
     })

@@ -302,7 +302,7 @@ impl CustomOp2 for Depthwise {
         let g = &self.g;
         let (c, b) = planes(l1, g.in_h, g.in_w, "depthwise input")?;
         check_kernel(l2, c, g)?;
-        super::cuda::depthwise_fwd(s1, l1, s2, l2, g, c, b)
+        super::cuda::depthwise_fwd(s1, l1, s2, l2, g, c, b, self.pre.as_ref())
     }
 
     fn bwd(&self, x: &Tensor, k: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {

@@ -111,8 +111,12 @@ template <typename T> __device__ void sum_splits(int64_t rows, int64_t splits, i
 // accumulators stay in registers; 0 = read it from the geometry.
 #define KSIZE(g) (KK ? KK : (g).k)
 
-// y[p, oi, oj] = sum_{a,b} k[c, a*K+b] * x[p, oi*s+a-pt, oj*s+b-pl]; taps in (a, b) order like the CPU.
-template <typename T, int KK> __device__ void dw_fwd(int64_t n, int B, Geom g, const T* x, const T* k, T* y) {
+// y[p, oi, oj] = sum_{a,b} k[c, a*K+b] * x'[p, oi*s+a-pt, oj*s+b-pl]; taps in (a, b) order like the CPU.
+// x' = x, or with pre_act >= -1 the fused pre-affine act(x * pre_scale[c] + pre_shift[c])
+// (inference; the zero padding stays zero, as on the CPU).
+template <typename T, int KK>
+__device__ void dw_fwd(int64_t n, int B, Geom g, const T* x, const T* k, T* y, const T* pre_scale, const T* pre_shift,
+                       int pre_act) {
     const int K = KSIZE(g);
     int64_t op = (int64_t)g.out_h * g.out_w, ip = (int64_t)g.in_h * g.in_w;
     GRID_LOOP(i, n) {
@@ -120,6 +124,12 @@ template <typename T, int KK> __device__ void dw_fwd(int64_t n, int B, Geom g, c
         int rem = (int)(i % op), oi = rem / g.out_w, oj = rem % g.out_w;
         const T* xp = x + p * ip;
         const T* kc = k + (p / B) * K * K;
+        const bool pre = pre_act >= -1;
+        T sc = T(0), sh = T(0);
+        if (pre) {
+            sc = pre_scale[p / B];
+            sh = pre_shift[p / B];
+        }
         T acc = T(0);
 #pragma unroll
         for (int a = 0; a < K; a++) {
@@ -129,7 +139,9 @@ template <typename T, int KK> __device__ void dw_fwd(int64_t n, int B, Geom g, c
             for (int b = 0; b < K; b++) {
                 int c = oj * g.stride + b - g.pad_left;
                 if (c < 0 || c >= g.in_w) continue;
-                acc += kc[a * K + b] * xp[r * g.in_w + c];
+                T xv = xp[r * g.in_w + c];
+                if (pre) xv = act_apply(xv * sc + sh, pre_act);
+                acc += kc[a * K + b] * xv;
             }
         }
         y[i] = acc;
@@ -356,8 +368,10 @@ template <typename T> __device__ void max_pool_grad(int64_t n, Geom g, const int
                                               T* out) {                                                      \
         sum_splits(rows, splits, width, part, out);                                                          \
     }                                                                                                        \
-    extern "C" __global__ void dw_fwd_##S(int64_t n, int B, Geom g, const T* x, const T* k, T* y) {         \
-        if (g.k == 3) dw_fwd<T, 3>(n, B, g, x, k, y); else dw_fwd<T, 0>(n, B, g, x, k, y);                   \
+    extern "C" __global__ void dw_fwd_##S(int64_t n, int B, Geom g, const T* x, const T* k, T* y,           \
+                                          const T* pre_scale, const T* pre_shift, int pre_act) {             \
+        if (g.k == 3) dw_fwd<T, 3>(n, B, g, x, k, y, pre_scale, pre_shift, pre_act);                         \
+        else dw_fwd<T, 0>(n, B, g, x, k, y, pre_scale, pre_shift, pre_act);                                  \
     }                                                                                                        \
     extern "C" __global__ void dw_input_grad_##S(int64_t n, int B, Geom g, const T* dy, const T* k, T* dx) { \
         if (g.k == 3) dw_input_grad<T, 3>(n, B, g, dy, k, dx); else dw_input_grad<T, 0>(n, B, g, dy, k, dx); \
