@@ -1,8 +1,9 @@
 //! One fused Adam update per parameter for the GPU: reads (var, g, [m; v])
 //! and writes [var'; m'; v'] in one kernel, instead of the ~13 elementwise
 //! Candle ops (each an allocation and a launch) of `train::Adam`'s generic path.
-//! The arithmetic is that path's, operation for operation, in the tensor's type:
-//! m' = m*b1 + g*(1-b1); v' = v*b2 + (g*g)*(1-b2); var' = var - (m'*alpha) / (sqrt(v') + eps).
+//! The arithmetic is the CPU path's (`Adam::update_cpu`), operation for operation,
+//! in the tensor's type: m' = m + (g - m)(1-b1); v' = v + (g*g - v)(1-b2);
+//! var' = var - (alpha*m') / (sqrt(v') + eps), with 1-b computed in that type.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -43,13 +44,13 @@ impl CustomOp3 for AdamStep {
         dispatch!(s1, |T| {
             let (var, g, mv) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, slice::<T>(s3, l3)?);
             let c = |x: f64| <T as num_traits::NumCast>::from(x).unwrap_or_default();
-            let (b1, omb1, b2, omb2, alpha, eps) =
-                (c(self.b1), c(1.0 - self.b1), c(self.b2), c(1.0 - self.b2), c(self.alpha), c(self.eps));
+            let one = c(1.0);
+            let (omb1, omb2, alpha, eps) = (one - c(self.b1), one - c(self.b2), c(self.alpha), c(self.eps));
             let mut out = zeros::<T>(3 * n);
             for i in 0..n {
-                let m = mv[i] * b1 + g[i] * omb1;
-                let v = mv[n + i] * b2 + (g[i] * g[i]) * omb2;
-                out[i] = var[i] - (m * alpha) / (v.sqrt() + eps);
+                let m = mv[i] + (g[i] - mv[i]) * omb1;
+                let v = mv[n + i] + (g[i] * g[i] - mv[n + i]) * omb2;
+                out[i] = var[i] - (alpha * m) / (v.sqrt() + eps);
                 out[n + i] = m;
                 out[2 * n + i] = v;
             }

@@ -417,7 +417,8 @@ pub(crate) fn adam_step(
         let out = alloc::<T>(dev, 3 * n)?;
         let f = func!(dev, T, "adam_step")?;
         let c = |x: f64| x as T;
-        let (b1, omb1, b2, omb2, alpha, eps) = (c(p.b1), c(1.0 - p.b1), c(p.b2), c(1.0 - p.b2), c(p.alpha), c(p.eps));
+        // 1 - b in the tensor's type, as `train::Adam`'s CPU path computes it.
+        let (b1, omb1, b2, omb2, alpha, eps) = (c(p.b1), 1.0 - c(p.b1), c(p.b2), 1.0 - c(p.b2), c(p.alpha), c(p.eps));
         let n64 = n as i64;
         let mut b = f.builder();
         b.arg(&n64).arg(&var).arg(&g).arg(&mv).arg(&out);

@@ -405,9 +405,9 @@ __device__ void adam_step(int64_t n, const T* var, const T* g, const T* mv, T* o
                           T alpha, T eps) {
     GRID_LOOP(i, n) {
         T gi = g[i];
-        T m = mv[i] * b1 + gi * omb1;
-        T v = mv[n + i] * b2 + (gi * gi) * omb2;
-        out[i] = var[i] - (m * alpha) / (sqrt(v) + eps);
+        T m = mv[i] + (gi - mv[i]) * omb1;
+        T v = mv[n + i] + (gi * gi - mv[n + i]) * omb2;
+        out[i] = var[i] - (alpha * m) / (sqrt(v) + eps);
         out[n + i] = m;
         out[2 * n + i] = v;
     }
