@@ -253,3 +253,24 @@ fn fused_pre_affine_depthwise_matches_cpu() {
         }
     }
 }
+
+/// The fused step's CPU instance (same expression as the kernel) against
+/// `train::Adam`'s CPU path, bit for bit: runs without a GPU.
+#[test]
+fn fused_adam_arithmetic_is_the_cpu_adams() {
+    use tuneserve::train::adam::{Adam, BETA1, BETA2, EPSILON};
+    let init = randn(&[4, 9], DType::F32);
+    let var = candle_core::Var::from_tensor(&init).unwrap();
+    let mut opt = Adam::new(1e-2);
+    let mut p = init.flatten_all().unwrap();
+    let mut mv = Tensor::zeros((2, 36), DType::F32, &Device::Cpu).unwrap();
+    for t in 1..=3 {
+        let g = randn(&[4, 9], DType::F32);
+        opt.update([("w", &var, &g)]).unwrap();
+        let alpha = 1e-2 * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - BETA1.powi(t));
+        let out = ops::adam_step(&p, &g, &mv, BETA1, BETA2, alpha, EPSILON).unwrap();
+        p = out.get(0).unwrap();
+        mv = out.narrow(0, 1, 2).unwrap().contiguous().unwrap();
+        close(&format!("fused adam (cpu instance) step {t}"), &var.as_tensor().flatten_all().unwrap(), &p, 0.0);
+    }
+}
