@@ -319,6 +319,12 @@ async function uploadDataset(file) {
           label.textContent = `Checking ${file.name}…`;
           bar.removeAttribute('value'); // indeterminate while the server unpacks and scans
         }
+      }).catch((err) => {
+        if (err.status === 401) {
+          bar.value = 0;
+          label.textContent = 'Waiting for the API key…';
+        }
+        throw err;
       });
     });
     bar.value = 100;
