@@ -424,6 +424,17 @@ async fn bad_zip_shows_the_api_message() {
 
     with_browser(1024, 900, |c| async move {
         open_page(&c, &server).await;
+        // The drop zone is reachable with Tab (a real file input) and shows a focus ring.
+        for _ in 0..10 {
+            if js_string(&c, "document.activeElement.id").await == "dataset-file" {
+                break;
+            }
+            c.active_element().await.unwrap().send_keys("\u{E004}").await.unwrap();
+        }
+        assert_eq!(js_string(&c, "document.activeElement.id").await, "dataset-file", "Tab reaches the dataset drop zone");
+        let ring = js_string(&c, "getComputedStyle(document.querySelector('label[for=dataset-file]')).outlineStyle").await;
+        assert_ne!(ring, "none", "focused drop zone shows a focus ring");
+
         c.find(Locator::Css("#dataset-file")).await.unwrap().send_keys(&path).await.unwrap();
         let shown =
             wait_for(&c, "document.querySelector('#dataset-error').textContent", Duration::from_secs(30), "the error").await;
