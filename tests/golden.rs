@@ -115,3 +115,36 @@ fn kitchenware_head_on_our_gap_matches_keras_logits() {
     let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
     check("head_logits", &logits, &golden["head_logits"]);
 }
+
+/// `tuneserve embed` on the original photos (our decode + resize + network)
+/// against Keras's own `gap` for the same photos.
+#[test]
+fn embed_cli_on_the_photos_matches_keras_gap() {
+    let dev = Device::Cpu;
+    let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let order = ["0000", "0009", "0001", "0207", "0004", "0013", "0412", "0291"];
+    let paths: Vec<String> = order.iter().map(|n| common::fixture(&format!("golden/images/{n}.jpg")).display().to_string()).collect();
+    let weights = common::fixture("weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuneserve"))
+        .args(["embed", "--backbone", "xception", "--device", "cpu", "--weights"])
+        .arg(&weights)
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "embed failed: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 8);
+    let reference = golden["gap"].to_vec2::<f32>().unwrap();
+    for (i, (line, r)) in lines.iter().zip(&reference).enumerate() {
+        assert_eq!(line["path"].as_str().unwrap(), paths[i]);
+        let f: Vec<f32> = line["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(f.len(), 2048);
+        let dot: f64 = f.iter().zip(r).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+        let na: f64 = f.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = r.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (na * nb);
+        let maxd = f.iter().zip(r).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("image {i}: cosine {cos:.8}, max|diff| {maxd:.2e}");
+        assert!(cos >= 0.9995, "image {i}: cosine {cos}");
+    }
+}

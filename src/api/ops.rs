@@ -71,6 +71,11 @@ pub async fn ready(State(st): State<SharedState>) -> ApiResult<Json<Ready>> {
         model_loaded: default.is_some(),
         default_model: default,
         pretrained_weights: st.cfg.weights_path().exists(),
+        device: match st.cfg.candle_device() {
+            Ok(candle_core::Device::Cpu) => "cpu".to_string(),
+            Ok(d) => format!("{:?}", d.location()),
+            Err(e) => format!("unavailable: {e}"),
+        },
     }))
 }
 

@@ -320,4 +320,6 @@ pub struct Ready {
     pub model_loaded: bool,
     /// Whether the pretrained weights that full-size jobs need are present.
     pub pretrained_weights: bool,
+    /// The device training and prediction run on (`--device auto` resolved).
+    pub device: String,
 }
