@@ -126,6 +126,11 @@ build_started=$SECONDS
   || { tail -n 30 "$work/build.log"; fail "docker/build.sh failed (log: $work/build.log)"; }
 mkdir -p "$(dirname "$bin_dest")"
 cp "$work/out/${image_build_copy[0]#/out/}" "$bin_dest"
+# Shared libraries debian:bookworm-slim has without installing anything
+# (the runtime stage adds only ca-certificates).
+extra_libs="$(ldd "$bin_dest" | awk '{print $1}' \
+  | grep -vE '^(linux-vdso\.so|/lib64/ld-linux-x86-64\.so|libc\.so|libm\.so|libgcc_s\.so|libpthread\.so|libdl\.so|librt\.so|libstdc\+\+\.so|libz\.so)' || true)"
+[ -z "$extra_libs" ] || fail "the binary needs libraries the slim runtime image lacks: $extra_libs"
 echo "  built in $((SECONDS - build_started))s: $(tail -n 1 "$work/build.log"), $(($(stat -c %s "$bin_dest") >> 20)) MiB"
 
 # ------------------------------------------------------------------ (c) start

@@ -313,7 +313,9 @@ def cmd_compose(resolved):
         if name not in services:
             problems.append(f"service {name!r} is missing")
     for name, svc in services.items():
-        hc = svc.get("healthcheck") or {}
+        hc = dict(svc.get("healthcheck") or {})
+        if hc.get("disable") or (hc.get("test") or [None])[0] == "NONE":
+            hc = {"disable": True}  # `disable: true` resolves to test: [NONE]
         for dep, spec in (svc.get("depends_on") or {}).items():
             if dep not in services:
                 problems.append(f"{name}: depends on unknown service {dep}")
@@ -322,7 +324,8 @@ def cmd_compose(resolved):
             if cond not in ("service_healthy", "service_completed_successfully"):
                 problems.append(f"{name}: depends_on {dep} needs condition service_healthy (got {cond})")
             dep_hc = services[dep].get("healthcheck") or {}
-            if cond == "service_healthy" and (not dep_hc.get("test") or dep_hc.get("disable")):
+            dep_test = dep_hc.get("test") or ["NONE"]
+            if cond == "service_healthy" and (dep_test[0] == "NONE" or dep_hc.get("disable")):
                 problems.append(f"{name}: waits for {dep} to be healthy but {dep} has no healthcheck")
         long_running = (svc.get("restart") or "no") != "no"
         if long_running and not hc.get("test") and not hc.get("disable"):
