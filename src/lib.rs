@@ -8,6 +8,7 @@
 //! - `store`, `jobs`, `serve`, `api`: the service.
 
 pub mod alloc;
+pub mod cli;
 pub mod data;
 pub mod model;
 pub mod ops;

@@ -1,1 +1,37 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: tuneserve::alloc::CachingAlloc = tuneserve::alloc::CachingAlloc::new();
+
+/// Transfer learning on images as an HTTP service.
+#[derive(Parser)]
+#[command(name = "tuneserve", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the two-stage recipe on a dataset folder or archive.
+    Train(tuneserve::cli::train::TrainArgs),
+    /// Predict images with a trained checkpoint.
+    Predict(tuneserve::cli::predict::PredictArgs),
+    /// Print backbone features of images as JSON lines.
+    Embed(tuneserve::cli::embed::EmbedArgs),
+    /// Import or fetch pretrained weights.
+    Weights(tuneserve::cli::weights::WeightsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train(a) => tuneserve::cli::train::run(a),
+        Command::Predict(a) => tuneserve::cli::predict::run(a),
+        Command::Embed(a) => tuneserve::cli::embed::run(a),
+        Command::Weights(a) => tuneserve::cli::weights::run(a),
+    }
+}

@@ -6,7 +6,8 @@ use tuneserve::model::{Backbone, BackboneKind, SeededInit, Variant};
 
 fn compare(kind: BackboneKind, size: usize) {
     let dev = Device::Cpu;
-    let bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: dev.clone() }, true, &dev).unwrap();
+    let mut bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: dev.clone() }, true, &dev).unwrap();
+    bb.net.autograd = true;
     let x = Tensor::randn(0f32, 1.0, (2, size, size, 3), &dev).unwrap();
     let (feats, tape) = bb.forward_train(&x).unwrap();
     let w = Tensor::randn(0f32, 1.0, feats.dims(), &dev).unwrap();

@@ -40,7 +40,8 @@ impl Head {
 
     /// Inference: (B, in) -> (B, k) logits.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(self.kernel.as_tensor())?.broadcast_add(self.bias.as_tensor())
+        // Detached: the head's backward is written out, no autograd graph needed.
+        x.matmul(&self.kernel.as_tensor().detach())?.broadcast_add(&self.bias.as_tensor().detach())
     }
 
     /// Training forward with inverted dropout drawn from `rng`.
@@ -64,7 +65,7 @@ impl Head {
     pub fn backward(&self, tape: &HeadTape, dlogits: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let dk = tape.x.t()?.matmul(dlogits)?;
         let db = dlogits.sum(0)?;
-        let mut dx = dlogits.matmul(&self.kernel.as_tensor().t()?)?;
+        let mut dx = dlogits.matmul(&self.kernel.as_tensor().detach().t()?)?;
         if let Some(m) = &tape.mask {
             dx = (dx * m)?;
         }

@@ -108,6 +108,10 @@ pub struct Net {
     pub params: Vec<Param>,
     pub nodes: Vec<Node>,
     pub feature_dim: usize,
+    /// Let Candle's autograd record the forward (only to cross-check the
+    /// hand-written backward). Off, parameters enter ops detached, so no
+    /// graph keeps every intermediate tensor alive.
+    pub autograd: bool,
 }
 
 /// Builds `Net`s: registers parameters in order and hands out their indices.
@@ -123,7 +127,7 @@ impl NetBuilder {
     }
 
     pub fn finish(self, nodes: Vec<Node>, feature_dim: usize) -> Net {
-        Net { params: self.params, nodes, feature_dim }
+        Net { params: self.params, nodes, feature_dim, autograd: false }
     }
 }
 
@@ -132,8 +136,13 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 }
 
 impl Net {
-    fn p(&self, i: usize) -> &Tensor {
-        self.params[i].var.as_tensor()
+    fn p(&self, i: usize) -> Tensor {
+        let t = self.params[i].var.as_tensor();
+        if self.autograd {
+            t.clone()
+        } else {
+            t.detach()
+        }
     }
 
     /// (B,H,W,C) images -> (C,B,h,w) final feature map. `tape` records what
@@ -202,7 +211,7 @@ impl Net {
             }
             Node::Depthwise { w: wi, k, stride, pad } => {
                 let g = pad.geom(h, w, *k, *stride);
-                let y = timed("fwd depthwise", || ops::depthwise(x, self.p(*wi), g))?;
+                let y = timed("fwd depthwise", || ops::depthwise(x, &self.p(*wi), g))?;
                 (y, record.then(|| Saved::Depthwise { x: x.clone(), g }))
             }
             Node::Bn { gamma, beta, mean, var, eps, act } => {
@@ -213,7 +222,7 @@ impl Net {
                     y: y.clone(),
                     scale,
                     inv_std,
-                    mean: self.p(*mean).clone(),
+                    mean: self.p(*mean),
                 });
                 (y, saved)
             }
@@ -284,7 +293,7 @@ impl Net {
             }
             (Node::Depthwise { w: wi, .. }, Saved::Depthwise { x, g }) => {
                 self.set_grad(grads, *wi, timed("bwd depthwise dK", || ops::depthwise_kernel_grad(&x, dy, g))?);
-                want_dx.then(|| timed("bwd depthwise dX", || ops::depthwise_input_grad(dy, self.p(*wi), g))).transpose()?
+                want_dx.then(|| timed("bwd depthwise dX", || ops::depthwise_input_grad(dy, &self.p(*wi), g))).transpose()?
             }
             (Node::Bn { gamma, beta, act, .. }, Saved::Bn { x, y, scale, inv_std, mean }) => {
                 let (ds, dt) = timed("bwd bn params", || ops::affine_act_param_grad(&x, &y, dy, *act))?;

@@ -1,9 +1,9 @@
 //! Opt-in per-layer-kind timing (TUNESERVE_PROFILE=1): where a forward or
-//! backward pass spends its time, printed by benchmarks.
+//! backward pass spends its time, printed by benchmarks. It counts process CPU
+//! seconds (all threads), which a busy machine distorts less than wall time.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
 static TABLE: OnceLock<Option<Mutex<BTreeMap<&'static str, (u64, f64)>>>> = OnceLock::new();
 
@@ -16,9 +16,9 @@ pub fn timed<T>(key: &'static str, f: impl FnOnce() -> T) -> T {
     match table() {
         None => f(),
         Some(t) => {
-            let start = Instant::now();
+            let start = cpu_seconds();
             let out = f();
-            let dt = start.elapsed().as_secs_f64();
+            let dt = cpu_seconds() - start;
             if let Ok(mut m) = t.lock() {
                 let e = m.entry(key).or_insert((0, 0.0));
                 e.0 += 1;
@@ -36,4 +36,13 @@ pub fn take() -> Vec<(&'static str, u64, f64)> {
     let mut v: Vec<_> = std::mem::take(&mut *m).into_iter().map(|(k, (n, s))| (k, n, s)).collect();
     v.sort_by(|a, b| b.2.total_cmp(&a.2));
     v
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
 }

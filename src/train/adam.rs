@@ -37,7 +37,7 @@ impl Adam {
             let m = ((m * BETA1)? + (g * (1.0 - BETA1))?)?;
             let v = ((v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let delta = ((&m * alpha)? / (v.sqrt()? + EPSILON)?)?;
-            var.set(&var.as_tensor().sub(&delta)?)?;
+            var.set(&var.as_tensor().detach().sub(&delta)?)?;
             self.moments.insert(name.to_string(), (m, v));
         }
         Ok(())

@@ -1,0 +1,7 @@
+//! Command-line entry points; each subcommand is a thin layer over the library.
+
+pub mod device;
+pub mod embed;
+pub mod predict;
+pub mod train;
+pub mod weights;

@@ -1,0 +1,175 @@
+//! `tuneserve train`: the two-stage recipe from the command line, with a
+//! progress bar per epoch and a JSON summary at the end.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::device::{pick_device, DeviceArg};
+use crate::data::dataset::DatasetManifest;
+use crate::model::{BackboneKind, Variant};
+use crate::train::{self, Event, RunSpec, Stage, TrainConfig, WeightsChoice};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset: a folder of class folders (optionally train/ + validation/), or a zip/tar of one.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Pretrained backbone weights (Keras .h5/.keras/.weights.h5 or tuneserve safetensors).
+    /// Omit with --variant tiny to start from a seeded random network.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Output folder for checkpoints.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "xception")]
+    pub backbone: BackboneKind,
+    #[arg(long, value_enum, default_value = "full")]
+    pub variant: VariantArg,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 20)]
+    pub frozen_epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub frozen_lr: f64,
+    #[arg(long, default_value_t = 10)]
+    pub finetune_epochs: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub finetune_lr: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f32,
+    /// Early-stopping patience in epochs (0 = off).
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Random flips and rotations (RandomFlip + RandomRotation(0.1)).
+    #[arg(long)]
+    pub augment: bool,
+    /// Validation fraction when the dataset has no validation/ folder.
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_split: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum VariantArg {
+    Full,
+    Tiny,
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            backbone: self.backbone,
+            image_size: self.image_size.unwrap_or(0),
+            batch_size: self.batch_size,
+            frozen_epochs: self.frozen_epochs,
+            frozen_lr: self.frozen_lr,
+            finetune_epochs: self.finetune_epochs,
+            finetune_lr: self.finetune_lr,
+            dropout: self.dropout,
+            patience: self.patience,
+            augment: self.augment,
+            validation_split: self.validation_split,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The dataset folder to train from: the given folder, or the archive unpacked under `out`.
+fn dataset_dir(args: &TrainArgs) -> anyhow::Result<(PathBuf, DatasetManifest)> {
+    if args.data.is_dir() {
+        return Ok((args.data.clone(), DatasetManifest::scan(&args.data)?));
+    }
+    let dest = args.out.join("dataset");
+    if dest.is_dir() && args.resume {
+        return Ok((dest.clone(), DatasetManifest::scan(&dest)?));
+    }
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    let manifest: DatasetManifest = anyhow::bail!("INGEST_PENDING {}", dest.display());
+    Ok((dest, manifest))
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let (root, manifest) = dataset_dir(&args)?;
+    let weights = match (&args.weights, args.variant) {
+        (Some(p), _) => WeightsChoice::Pretrained(p.clone()),
+        (None, VariantArg::Tiny) => WeightsChoice::Seeded,
+        (None, VariantArg::Full) => anyhow::bail!(
+            "--weights is required for the full network (run `tuneserve weights fetch xception` and pass the file it prints)"
+        ),
+    };
+    let device = pick_device(args.device)?;
+    tracing::info!(?device, "training device");
+    let spec = RunSpec {
+        config: args.config(),
+        dataset_root: root,
+        manifest,
+        weights,
+        variant: match args.variant {
+            VariantArg::Full => Variant::Full,
+            VariantArg::Tiny => Variant::Tiny,
+        },
+        out_dir: args.out.clone(),
+        resume: args.resume,
+        device,
+    };
+    let mut bar: Option<(Stage, usize, ProgressBar)> = None;
+    let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let summary = train::run(
+        spec,
+        &mut |e| match &e {
+            Event::Progress { stage, epoch, epochs, step, steps } => {
+                if bar.as_ref().is_none_or(|(s, ep, _)| s != stage || ep != epoch) {
+                    let pb = ProgressBar::new(*steps as u64).with_style(style.clone());
+                    pb.set_prefix(format!("{} {epoch}/{epochs}", stage_name(*stage)));
+                    bar = Some((*stage, *epoch, pb));
+                }
+                if let Some((_, _, pb)) = &bar {
+                    pb.set_position(*step as u64);
+                }
+            }
+            Event::Epoch { stage, epoch, epochs, train, validation, seconds } => {
+                let line = format!(
+                    "{} epoch {epoch}/{epochs}: loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} ({seconds:.1}s)",
+                    stage_name(*stage),
+                    train.loss,
+                    train.accuracy,
+                    validation.loss,
+                    validation.accuracy
+                );
+                match bar.take() {
+                    Some((_, _, pb)) => pb.finish_with_message(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            Event::Checkpoint { name, .. } => eprintln!("checkpoint {name}"),
+            Event::Message { text } => eprintln!("{text}"),
+        },
+        &AtomicBool::new(false),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Features => "features",
+        Stage::Frozen => "stage 1",
+        Stage::Finetune => "stage 2",
+    }
+}
