@@ -76,6 +76,8 @@ import_mounted() {
 
 fetch_pretrained() {
   log "fetching pretrained Xception weights into $data_dir/weights (skipped when already there)"
+  # Partial downloads of a start that was killed (we hold the lock).
+  rm -f "$data_dir"/weights/.xception-download-*
   run tuneserve weights fetch xception --data-dir "$data_dir" ${TUNESERVE_WEIGHTS_URL:+--url "$TUNESERVE_WEIGHTS_URL"} >/dev/null \
     || die "could not obtain pretrained weights. Mount a file and set TUNESERVE_WEIGHTS=/path/to/it, \
 put xception_weights_tf_dim_ordering_tf_kernels_notop.h5 into $data_dir/weights/, or set \
