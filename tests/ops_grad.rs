@@ -60,6 +60,11 @@ fn depthwise_gradients_match_finite_differences() {
         let g = Geom::same(h, w, 3, stride);
         grad_check(&[rand(&[3, 2, h, w], 1), rand(&[3, 9], 2)], &|a| ops::depthwise(&a[0], &a[1], g).unwrap());
     }
+    // 'valid' padding and a 5x5 window take the same stride-1 fast path.
+    let g = Geom::valid(6, 7, 3, 1);
+    grad_check(&[rand(&[2, 2, 6, 7], 3), rand(&[2, 9], 4)], &|a| ops::depthwise(&a[0], &a[1], g).unwrap());
+    let g = Geom::same(7, 6, 5, 1);
+    grad_check(&[rand(&[2, 2, 7, 6], 5), rand(&[2, 25], 6)], &|a| ops::depthwise(&a[0], &a[1], g).unwrap());
 }
 
 #[test]
@@ -70,6 +75,15 @@ fn depthwise_matches_candle_grouped_conv() {
     let ours = ops::depthwise(&x, &k, Geom::same(h, w, 3, 1)).unwrap();
     let reference = swap01(&x).conv2d(&k.reshape((c, 1, 3, 3)).unwrap(), 1, 1, 1, c).unwrap();
     close(&ours, &swap01(&reference), 1e-12);
+    // Gradients too, through Candle's own autograd of the grouped conv.
+    let (xv, kv) = (candle_core::Var::from_tensor(&x).unwrap(), candle_core::Var::from_tensor(&k).unwrap());
+    let wgt = rand(&[c, b, h, w], 5);
+    let ours = ops::depthwise(xv.as_tensor(), kv.as_tensor(), Geom::same(h, w, 3, 1)).unwrap();
+    let g1 = (ours * &wgt).unwrap().sum_all().unwrap().backward().unwrap();
+    let theirs = swap01(xv.as_tensor()).conv2d(&kv.as_tensor().reshape((c, 1, 3, 3)).unwrap(), 1, 1, 1, c).unwrap();
+    let g2 = (swap01(&theirs) * &wgt).unwrap().sum_all().unwrap().backward().unwrap();
+    close(g1.get(&xv).unwrap(), g2.get(&xv).unwrap(), 1e-10);
+    close(g1.get(&kv).unwrap(), g2.get(&kv).unwrap(), 1e-10);
 }
 
 #[test]

@@ -183,14 +183,37 @@ impl Net {
     }
 
     fn run(&self, nodes: &[Node], mut x: Tensor, mut tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
-        for node in nodes {
-            let (y, saved) = self.step(node, &x, tape.is_some())?;
+        let mut i = 0;
+        while i < nodes.len() {
+            // Inference: a BatchNorm/ReLU feeding a depthwise conv is applied inside it.
+            if tape.is_none() {
+                if let (Some(pre), Some(Node::Depthwise { w: wi, k, stride, pad })) = (self.pre_affine(&nodes[i])?, nodes.get(i + 1)) {
+                    let (_, _, h, w) = dims4(&x)?;
+                    let g = pad.geom(h, w, *k, *stride);
+                    x = timed("fwd depthwise+bn", || ops::depthwise_fused(&x, &self.p(*wi), g, pre))?;
+                    i += 2;
+                    continue;
+                }
+            }
+            let (y, saved) = self.step(&nodes[i], &x, tape.is_some())?;
             if let (Some(t), Some(s)) = (tape.as_deref_mut(), saved) {
                 t.push(s);
             }
             x = y;
+            i += 1;
         }
         Ok(x)
+    }
+
+    /// The per-channel transform of a BatchNorm or activation node, for fusing.
+    fn pre_affine(&self, node: &Node) -> Result<Option<ops::PreAffine>> {
+        Ok(match node {
+            Node::Bn { gamma, beta, mean, var, eps, act } if self.dtype() == DType::F32 => {
+                let (scale, shift, _) = self.bn_scale_shift(*gamma, *beta, *mean, *var, *eps)?;
+                Some(ops::PreAffine { scale: scale.to_vec1()?, shift: shift.to_vec1()?, act: *act })
+            }
+            _ => None,
+        })
     }
 
     fn step(&self, node: &Node, x: &Tensor, record: bool) -> Result<(Tensor, Option<Saved>)> {

@@ -8,11 +8,26 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::storage::{dispatch, output, slice, zeros, CpuElem};
-use super::Geom;
+use super::{Act, Geom};
 
 /// y[c,b] = depthwise(x[c,b], k[c]) for x (C,B,H,W) and k (C, K*K).
 pub fn depthwise(x: &Tensor, k: &Tensor, g: Geom) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&k.contiguous()?, Depthwise { g })
+    x.contiguous()?.apply_op2(&k.contiguous()?, Depthwise { g, pre: None })
+}
+
+/// A per-channel affine + activation applied to the depthwise input on the
+/// fly (inference only): the BatchNorm (or ReLU) that precedes a separable
+/// convolution then costs no pass over memory of its own.
+#[derive(Debug, Clone)]
+pub struct PreAffine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub act: Option<Act>,
+}
+
+/// depthwise(act(x * scale + shift), k), without gradient (inference).
+pub fn depthwise_fused(x: &Tensor, k: &Tensor, g: Geom, pre: PreAffine) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&k.contiguous()?, &Depthwise { g, pre: Some(pre) })
 }
 
 /// dL/dx for the depthwise convolution, given dL/dy (C,B,Ho,Wo).
@@ -118,8 +133,118 @@ fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, taps
     }
 }
 
+
+/// Stride-1 window sum over a zero-padded plane:
+/// dst[i,j] = sum_{a,b} w[a*k+b] * src_padded[i+a, j+b], where `src` (sh x sw)
+/// sits at (pad_top, pad_left) in the padded plane. The plane is copied into
+/// a padded scratch row-major with width wp = out_w + k - 1, so each tap is one
+/// contiguous shifted slice and the inner loop vectorises over whole planes
+/// (Xception's 9x9 middle-flow planes are too small for row-wise loops).
+#[allow(clippy::too_many_arguments)]
+fn window_sum_s1<T: CpuElem>(
+    src: &[T],
+    (sh, sw): (usize, usize),
+    w: &[T],
+    k: usize,
+    (pad_top, pad_left): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    dst: &mut [T],
+    scratch: &mut Vec<T>,
+    acc: &mut Vec<T>,
+    pre: Option<(T, T, Option<Act>)>,
+) {
+    let wp = out_w + k - 1;
+    let hp = out_h + k - 1;
+    scratch.clear();
+    scratch.resize(hp * wp + k, T::zero());
+    for r in 0..sh {
+        let pr = r + pad_top;
+        if pr >= hp {
+            break;
+        }
+        let n = sw.min(wp.saturating_sub(pad_left));
+        let (d, s) = (&mut scratch[pr * wp + pad_left..pr * wp + pad_left + n], &src[r * sw..r * sw + n]);
+        match pre {
+            None => d.copy_from_slice(s),
+            Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
+            Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
+        }
+    }
+    let n = out_h * wp;
+    acc.clear();
+    acc.resize(n, T::zero());
+    if k == 3 {
+        let sl = |a: usize, b: usize| &scratch[a * wp + b..a * wp + b + n];
+        let (s0, s1, s2, s3, s4, s5, s6, s7, s8) = (sl(0, 0), sl(0, 1), sl(0, 2), sl(1, 0), sl(1, 1), sl(1, 2), sl(2, 0), sl(2, 1), sl(2, 2));
+        let acc = &mut acc[..n];
+        for q in 0..n {
+            acc[q] = s0[q] * w[0] + s1[q] * w[1] + s2[q] * w[2] + s3[q] * w[3] + s4[q] * w[4] + s5[q] * w[5] + s6[q] * w[6] + s7[q] * w[7] + s8[q] * w[8];
+        }
+    } else {
+        for a in 0..k {
+            for b in 0..k {
+                let wt = w[a * k + b];
+                for (o, v) in acc.iter_mut().zip(&scratch[a * wp + b..a * wp + b + n]) {
+                    *o += wt * *v;
+                }
+            }
+        }
+    }
+    for i in 0..out_h {
+        dst[i * out_w..(i + 1) * out_w].copy_from_slice(&acc[i * wp..i * wp + out_w]);
+    }
+}
+
+/// Dot product with 16 independent partial sums, so it vectorises without
+/// reassociation flags.
+fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
+    let mut lanes = [T::zero(); 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut s = lanes.iter().fold(T::zero(), |acc, v| acc + *v);
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    s
+}
+
+/// Stride-1 kernel gradient of one plane, accumulated into `dk`:
+/// dk[a,b] += sum_{i,j} dy[i,j] * x_padded[i+a, j+b].
+fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
+    let k = g.k;
+    let wp = g.out_w + k - 1;
+    let hp = g.out_h + k - 1;
+    xs.clear();
+    xs.resize(hp * wp + k, T::zero());
+    for r in 0..g.in_h {
+        let pr = r + g.pad_top;
+        if pr >= hp {
+            break;
+        }
+        let n = g.in_w.min(wp.saturating_sub(g.pad_left));
+        xs[pr * wp + g.pad_left..pr * wp + g.pad_left + n].copy_from_slice(&x[r * g.in_w..r * g.in_w + n]);
+    }
+    let n = g.out_h * wp;
+    dys.clear();
+    dys.resize(n, T::zero());
+    for i in 0..g.out_h {
+        dys[i * wp..i * wp + g.out_w].copy_from_slice(&dy[i * g.out_w..(i + 1) * g.out_w]);
+    }
+    for a in 0..k {
+        for b in 0..k {
+            dk[a * k + b] += dot(&dys[..n], &xs[a * wp + b..a * wp + b + n]);
+        }
+    }
+}
+
 struct Depthwise {
     g: Geom,
+    pre: Option<PreAffine>,
 }
 
 impl CustomOp2 for Depthwise {
@@ -135,11 +260,33 @@ impl CustomOp2 for Depthwise {
             let x = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
+            let kk = g.k * g.k;
+            let pre: Option<(Vec<T>, Vec<T>, Option<Act>)> = match &self.pre {
+                None => None,
+                Some(p) if p.scale.len() == c && p.shift.len() == c => {
+                    let cast = |v: &[f32]| v.iter().map(|x| <T as num_traits::NumCast>::from(*x).unwrap_or(<T as num_traits::Zero>::zero())).collect::<Vec<T>>();
+                    Some((cast(&p.scale), cast(&p.shift), p.act))
+                }
+                Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
+            };
             let mut y = zeros::<T>(c * b * g.out_plane());
-            y.par_chunks_mut(g.out_plane()).enumerate().for_each(|(p, yp)| {
-                let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                forward_plane(xp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], yp, g, &taps);
-            });
+            y.par_chunks_mut(g.out_plane()).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(sc, acc), (p, yp)| {
+                    let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                    let kc = &k[(p / b) * kk..(p / b + 1) * kk];
+                    let pre = pre.as_ref().map(|(s, t, a)| (s[p / b], t[p / b], *a));
+                    if g.stride == 1 {
+                        let dims = ((g.in_h, g.in_w), (g.pad_top, g.pad_left), (g.out_h, g.out_w));
+                        window_sum_s1(xp, dims.0, kc, g.k, dims.1, dims.2, yp, sc, acc, pre);
+                    } else if let Some((s, t, a)) = pre {
+                        let xt: Vec<T> = xp.iter().map(|v| a.map_or(*v * s + t, |a| a.apply(*v * s + t))).collect();
+                        forward_plane(&xt, kc, yp, g, &taps);
+                    } else {
+                        forward_plane(xp, kc, yp, g, &taps);
+                    }
+                },
+            );
             output(y, (c, b, g.out_h, g.out_w))
         })
     }
@@ -168,11 +315,24 @@ impl CustomOp2 for DepthwiseInputGrad {
             let dy = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
+            let kk = g.k * g.k;
             let mut dx = zeros::<T>(c * b * g.in_plane());
-            dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(p, dxp)| {
-                let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                input_grad_plane(dyp, &k[(p / b) * g.k * g.k..(p / b + 1) * g.k * g.k], dxp, g, &taps);
-            });
+            dx.par_chunks_mut(g.in_plane()).enumerate().for_each_init(
+                || (Vec::new(), Vec::new(), Vec::new()),
+                |(sc, acc, flipped), (p, dxp)| {
+                    let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
+                    let kc = &k[(p / b) * kk..(p / b + 1) * kk];
+                    if g.stride == 1 {
+                        // dx is dy correlated with the 180-degree-rotated kernel.
+                        flipped.clear();
+                        flipped.extend(kc.iter().rev().copied());
+                        let pads = (g.k - 1 - g.pad_top, g.k - 1 - g.pad_left);
+                        window_sum_s1(dyp, (g.out_h, g.out_w), flipped, g.k, pads, (g.in_h, g.in_w), dxp, sc, acc, None);
+                    } else {
+                        input_grad_plane(dyp, kc, dxp, g, &taps);
+                    }
+                },
+            );
             output(dx, (c, b, g.in_h, g.in_w))
         })
     }
@@ -200,14 +360,21 @@ impl CustomOp2 for DepthwiseKernelGrad {
             let dy = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
             let mut dk = zeros::<T>(c * kk);
-            dk.par_chunks_mut(kk).enumerate().for_each(|(ch, dkc)| {
-                for img in 0..b {
-                    let p = ch * b + img;
-                    let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                    let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                    kernel_grad_plane(xp, dyp, dkc, g, &taps);
-                }
-            });
+            dk.par_chunks_mut(kk).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(xs, dys), (ch, dkc)| {
+                    for img in 0..b {
+                        let p = ch * b + img;
+                        let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                        let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
+                        if g.stride == 1 {
+                            kernel_grad_plane_s1(xp, dyp, dkc, g, xs, dys);
+                        } else {
+                            kernel_grad_plane(xp, dyp, dkc, g, &taps);
+                        }
+                    }
+                },
+            );
             output(dk, (c, kk))
         })
     }

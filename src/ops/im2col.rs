@@ -51,8 +51,12 @@ impl CustomOp1 for Im2Col {
                         let xrow = &xp[r * g.in_w..(r + 1) * g.in_w];
                         if lo < hi {
                             let x0 = lo * g.stride + bb - g.pad_left;
-                            for (n, o) in orow[lo..hi].iter_mut().enumerate() {
-                                *o = xrow[x0 + n * g.stride];
+                            if g.stride == 1 {
+                                orow[lo..hi].copy_from_slice(&xrow[x0..x0 + hi - lo]);
+                            } else {
+                                for (n, o) in orow[lo..hi].iter_mut().enumerate() {
+                                    *o = xrow[x0 + n * g.stride];
+                                }
                             }
                         }
                     }
@@ -102,8 +106,14 @@ impl CustomOp1 for Col2Im {
                             let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
                             let srow = &src[img * g.out_plane() + oi * g.out_w..][..g.out_w];
                             let dxrow = &mut dxp[r * g.in_w..(r + 1) * g.in_w];
-                            for (n, v) in srow[lo..hi].iter().enumerate() {
-                                dxrow[x0 + n * g.stride] += *v;
+                            if g.stride == 1 {
+                                for (d, v) in dxrow[x0..x0 + hi - lo].iter_mut().zip(&srow[lo..hi]) {
+                                    *d += *v;
+                                }
+                            } else {
+                                for (n, v) in srow[lo..hi].iter().enumerate() {
+                                    dxrow[x0 + n * g.stride] += *v;
+                                }
                             }
                         }
                     }
