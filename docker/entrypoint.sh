@@ -18,6 +18,7 @@
 #                                              later starts find the cache and download nothing.
 #   TUNESERVE_WEIGHTS_URL=URL                  fetch from a mirror instead (same checksum).
 #   TUNESERVE_FETCH_WEIGHTS=0                  skip the fetch: only `tiny` jobs can run.
+# TUNESERVE_INSTANCE defaults to the container's hostname (see below).
 set -euo pipefail
 
 data_dir="${TUNESERVE_DATA_DIR:-/data}"
@@ -120,6 +121,10 @@ case "$1" in
     mkdir -p "$data_dir/weights" 2>/dev/null && [ -w "$data_dir/weights" ] \
       || die "$data_dir is not writable by uid $(id -u): give the volume to that user (e.g. chown -R $(id -u):$(id -g) on the host directory)"
     prepare_weights
+    # Processes sharing a database need distinct names: at start a process
+    # requeues the running jobs claimed under its own name. The container's
+    # hostname is unique, and kept across restarts of the same container.
+    export TUNESERVE_INSTANCE="${TUNESERVE_INSTANCE:-${HOSTNAME:-$(uname -n)}}"
     ;;
 esac
 
