@@ -21,6 +21,8 @@ enum Command {
     Embed(tuneserve::cli::embed::EmbedArgs),
     /// Import or fetch pretrained weights.
     Weights(tuneserve::cli::weights::WeightsArgs),
+    /// Measure inference and training throughput (JSON line, as bench/peers prints).
+    Bench(tuneserve::cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),
         Command::Weights(a) => tuneserve::cli::weights::run(a),
+        Command::Bench(a) => tuneserve::cli::bench::run(a),
     }
 }
