@@ -146,3 +146,18 @@ fn ops_run_in_f32() {
     let y = ops::depthwise(&x, &k, Geom::same(6, 6, 3, 1)).unwrap();
     assert_eq!(y.dtype(), DType::F32);
 }
+
+#[test]
+fn fused_affine_backward_equals_the_two_ops() {
+    for a in [None, Some(Act::Relu), Some(Act::Relu6)] {
+        let x = (rand(&[3, 2, 5, 7], 20) * 4.0).unwrap();
+        let (scale, shift) = (rand(&[3], 21), rand(&[3], 22));
+        let y = ops::affine_act(&x, &scale, &shift, a).unwrap();
+        let dy = rand(&[3, 2, 5, 7], 23);
+        let (dx, ds, dt) = ops::affine_act_backward(&x, &y, &dy, &scale, a).unwrap();
+        close(&dx, &ops::affine_act_input_grad(&y, &dy, &scale, a).unwrap(), 1e-12);
+        let (ds2, dt2) = ops::affine_act_param_grad(&x, &y, &dy, a).unwrap();
+        close(&ds, &ds2, 1e-12);
+        close(&dt, &dt2, 1e-12);
+    }
+}

@@ -319,12 +319,12 @@ impl Net {
                 want_dx.then(|| timed("bwd depthwise dX", || ops::depthwise_input_grad(dy, &self.p(*wi), g))).transpose()?
             }
             (Node::Bn { gamma, beta, act, .. }, Saved::Bn { x, y, scale, inv_std, mean }) => {
-                let (ds, dt) = timed("bwd bn params", || ops::affine_act_param_grad(&x, &y, dy, *act))?;
+                let (dx, ds, dt) = timed("bwd bn", || ops::affine_act_backward(&x, &y, dy, &scale, *act))?;
                 // scale = gamma*inv_std, shift = beta - mean*scale.
                 let dgamma = ((ds - (&mean * &dt)?)? * &inv_std)?;
                 self.set_grad(grads, *gamma, dgamma);
                 self.set_grad(grads, *beta, dt);
-                want_dx.then(|| timed("bwd bn dX", || ops::affine_act_input_grad(&y, dy, &scale, *act))).transpose()?
+                want_dx.then_some(dx)
             }
             (Node::Act(a), Saved::Act { y }) => want_dx.then(|| timed("bwd act", || ops::act_grad(&y, dy, *a))).transpose()?,
             (Node::MaxPool { .. }, Saved::MaxPool { x, g }) => want_dx.then(|| timed("bwd maxpool", || ops::max_pool_grad(&x, dy, g))).transpose()?,

@@ -2,12 +2,15 @@
 //! frozen statistics, as y = act(x * scale[c] + shift[c]) on (C, ...) tensors.
 //! scale/shift come from the trainable gamma/beta (see `model::layers::FrozenBn`).
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use num_traits::ToPrimitive;
 use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::act::Act;
-use super::storage::{dispatch, output, slice, zeros};
+use super::storage::{dispatch, output, slice, zeros, CpuElem};
 
 pub fn affine_act(x: &Tensor, scale: &Tensor, shift: &Tensor, a: Option<Act>) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, AffineAct { a })
@@ -16,6 +19,83 @@ pub fn affine_act(x: &Tensor, scale: &Tensor, shift: &Tensor, a: Option<Act>) ->
 /// dL/dx given the op's output y (for the activation mask) and dL/dy.
 pub fn affine_act_input_grad(y: &Tensor, dy: &Tensor, scale: &Tensor, a: Option<Act>) -> Result<Tensor> {
     y.contiguous()?.apply_op3_no_bwd(&dy.contiguous()?, &scale.contiguous()?, &AffineInputGrad { a })
+}
+
+/// dL/dx, dL/dscale and dL/dshift in one pass over x, y and dL/dy (the
+/// backward of `affine_act`; two separate ops would read y and dy twice).
+pub fn affine_act_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    scale: &Tensor,
+    a: Option<Act>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !x.device().is_cpu() {
+        let dx = affine_act_input_grad(y, dy, scale, a)?;
+        let (ds, dt) = affine_act_param_grad(x, y, dy, a)?;
+        return Ok((dx, ds, dt));
+    }
+    let c = scale.elem_count();
+    let op = AffineBackward { a, scale: scale.to_dtype(candle_core::DType::F64)?.to_vec1()?, sums: Mutex::new(Vec::new()) };
+    let dx = x.contiguous()?.apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &op)?;
+    let sums = std::mem::take(&mut *op.sums.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?);
+    if sums.len() != 2 * c {
+        candle_core::bail!("affine backward produced {} sums for {c} channels", sums.len());
+    }
+    let (ds, dt): (Vec<f64>, Vec<f64>) = (sums.iter().step_by(2).copied().collect(), sums.iter().skip(1).step_by(2).copied().collect());
+    let dev = x.device();
+    Ok((dx, Tensor::from_vec(ds, c, dev)?.to_dtype(x.dtype())?, Tensor::from_vec(dt, c, dev)?.to_dtype(x.dtype())?))
+}
+
+/// CPU op for `affine_act_backward`: returns dL/dx and leaves the per-channel
+/// parameter sums in `sums` (a custom op has one output tensor).
+struct AffineBackward {
+    a: Option<Act>,
+    scale: Vec<f64>,
+    sums: Mutex<Vec<f64>>,
+}
+
+impl CustomOp3 for AffineBackward {
+    fn name(&self) -> &'static str {
+        "affine-act-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = self.scale.len();
+        let n = rows(l1, c, "affine backward")?;
+        dispatch!(s1, |T| {
+            let x = slice::<T>(s1, l1)?;
+            let y = slice::<T>(s2, l2)?;
+            let dy = slice::<T>(s3, l3)?;
+            let mut dx = zeros::<T>(x.len());
+            let mut sums = vec![(0f64, 0f64); c];
+            dx.par_chunks_mut(n).zip(sums.par_iter_mut()).enumerate().for_each(|(ch, (dxr, sum))| {
+                let r = ch * n..(ch + 1) * n;
+                let (xr, yr, dyr) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+                let s = <T as num_traits::NumCast>::from(self.scale[ch]).unwrap_or(T::zero());
+                match self.a {
+                    None => dxr.iter_mut().zip(dyr).for_each(|(d, g)| *d = *g * s),
+                    Some(a) => dxr.iter_mut().zip(yr.iter().zip(dyr)).for_each(|(d, (yv, g))| {
+                        *d = if a.passes(*yv) { *g * s } else { T::zero() }
+                    }),
+                }
+                let (ds, dt) = param_sums(xr, yr, dyr, self.a);
+                *sum = (ds.to_f64().unwrap_or(0.0), dt.to_f64().unwrap_or(0.0));
+            });
+            if let Ok(mut g) = self.sums.lock() {
+                *g = sums.into_iter().flat_map(|(a, b)| [a, b]).collect();
+            }
+            output(dx, l1.shape().clone())
+        })
+    }
 }
 
 /// (dL/dscale, dL/dshift), each of shape (C,), from the op's input x, output y and dL/dy.
@@ -150,20 +230,40 @@ impl CustomOp3 for AffineParamGrad {
             let mut out = zeros::<T>(2 * c);
             out.par_chunks_mut(2).enumerate().for_each(|(ch, o)| {
                 let r = ch * n..(ch + 1) * n;
-                let (xr, yr, dyr) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-                let (mut ds, mut dt) = (T::zero(), T::zero());
-                for ((xv, yv), g) in xr.iter().zip(yr).zip(dyr) {
-                    let g = match self.a {
-                        Some(a) if !a.passes(*yv) => T::zero(),
-                        _ => *g,
-                    };
-                    ds += g * *xv;
-                    dt += g;
-                }
+                let (ds, dt) = param_sums(&x[r.clone()], &y[r.clone()], &dy[r], self.a);
                 o[0] = ds;
                 o[1] = dt;
             });
             output(out, (c, 2))
         })
     }
+}
+
+/// (sum g*x, sum g) over one channel, g = dy masked by the activation, with
+/// 16 partial sums per quantity so the loop vectorises.
+fn param_sums<T: CpuElem>(x: &[T], y: &[T], dy: &[T], a: Option<Act>) -> (T, T) {
+    const L: usize = 16;
+    let (mut ds, mut dt) = ([T::zero(); L], [T::zero(); L]);
+    let chunks = x.len() / L * L;
+    for i in (0..chunks).step_by(L) {
+        let (xc, yc, gc) = (&x[i..i + L], &y[i..i + L], &dy[i..i + L]);
+        for l in 0..L {
+            let g = match a {
+                Some(a) if !a.passes(yc[l]) => T::zero(),
+                _ => gc[l],
+            };
+            ds[l] += g * xc[l];
+            dt[l] += g;
+        }
+    }
+    let (mut s, mut t) = (ds.iter().fold(T::zero(), |a, v| a + *v), dt.iter().fold(T::zero(), |a, v| a + *v));
+    for i in chunks..x.len() {
+        let g = match a {
+            Some(a) if !a.passes(y[i]) => T::zero(),
+            _ => dy[i],
+        };
+        s += g * x[i];
+        t += g;
+    }
+    (s, t)
 }

@@ -27,19 +27,29 @@ fn planes(l: &Layout, g: &Geom) -> Result<usize> {
     }
 }
 
-/// Index (within the plane) of the first maximum of window (oi, oj).
+/// For each output coordinate along one axis, the input range its window covers.
+fn ranges(out: usize, len: usize, k: usize, stride: usize, pad: usize) -> Vec<(usize, usize)> {
+    (0..out)
+        .map(|o| {
+            let start = (o * stride) as isize - pad as isize;
+            let lo = start.max(0) as usize;
+            let hi = ((start + k as isize).max(0) as usize).min(len);
+            (lo, hi)
+        })
+        .collect()
+}
+
+/// Index (within the plane) of the first maximum of a window, scanning rows
+/// then columns (the tie rule of the gradient).
 #[inline]
-fn argmax<T: CpuElem>(x: &[T], g: &Geom, oi: usize, oj: usize) -> usize {
-    let mut best = usize::MAX;
-    let mut best_v = T::neg_infinity();
-    for a in 0..g.k {
-        let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
-        for b in 0..g.k {
-            let Some(c) = Geom::src(oj, b, g.stride, g.pad_left, g.in_w) else { continue };
-            let v = x[r * g.in_w + c];
-            if best == usize::MAX || v > best_v {
-                best = r * g.in_w + c;
-                best_v = v;
+fn argmax<T: CpuElem>(x: &[T], w: usize, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) -> usize {
+    let mut best = r0 * w + c0;
+    let mut best_v = x[best];
+    for r in r0..r1 {
+        for (c, v) in x[r * w + c0..r * w + c1].iter().enumerate() {
+            if *v > best_v {
+                best_v = *v;
+                best = r * w + c0 + c;
             }
         }
     }
@@ -112,13 +122,15 @@ impl CustomOp2 for MaxPoolGrad {
         dispatch!(s1, |T| {
             let x = slice::<T>(s1, l1)?;
             let dy = slice::<T>(s2, l2)?;
+            let rows = ranges(g.out_h, g.in_h, g.k, g.stride, g.pad_top);
+            let cols = ranges(g.out_w, g.in_w, g.k, g.stride, g.pad_left);
             let mut dx = zeros::<T>(n * g.in_plane());
             dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(p, dxp)| {
                 let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
                 let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                for oi in 0..g.out_h {
-                    for oj in 0..g.out_w {
-                        dxp[argmax(xp, g, oi, oj)] += dyp[oi * g.out_w + oj];
+                for (oi, r) in rows.iter().enumerate() {
+                    for (oj, c) in cols.iter().enumerate() {
+                        dxp[argmax(xp, g.in_w, *r, *c)] += dyp[oi * g.out_w + oj];
                     }
                 }
             });

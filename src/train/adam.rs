@@ -30,6 +30,10 @@ impl Adam {
         let t = self.step as i32;
         let alpha = self.lr * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - BETA1.powi(t));
         for (name, var, g) in params {
+            if var.device().is_cpu() {
+                self.update_cpu(name, var, g, alpha)?;
+                continue;
+            }
             let (m, v) = match self.moments.remove(name) {
                 Some(mv) => mv,
                 None => (var.zeros_like()?, var.zeros_like()?),
@@ -40,6 +44,42 @@ impl Adam {
             var.set(&var.as_tensor().detach().sub(&delta)?)?;
             self.moments.insert(name.to_string(), (m, v));
         }
+        Ok(())
+    }
+
+    /// The same update in one pass over plain buffers (the generic version
+    /// allocates a new tensor for each of its ten or so elementwise steps).
+    fn update_cpu(&mut self, name: &str, var: &Var, g: &Tensor, alpha: f64) -> Result<()> {
+        let (m, v) = match self.moments.remove(name) {
+            Some(mv) => mv,
+            None => (var.zeros_like()?, var.zeros_like()?),
+        };
+        let shape = var.shape().clone();
+        let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let mut m = m.flatten_all()?.to_vec1::<f32>()?;
+        let mut v = v.flatten_all()?.to_vec1::<f32>()?;
+        let g = g.flatten_all()?.to_vec1::<f32>()?;
+        if g.len() != p.len() {
+            candle_core::bail!("gradient of {name} has {} values for {} parameters", g.len(), p.len());
+        }
+        let (b1, b2, a, eps) = (BETA1 as f32, BETA2 as f32, alpha as f32, EPSILON as f32);
+        use rayon::prelude::*;
+        p.par_chunks_mut(1 << 14)
+            .zip(m.par_chunks_mut(1 << 14))
+            .zip(v.par_chunks_mut(1 << 14))
+            .zip(g.par_chunks(1 << 14))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    m[i] += (g[i] - m[i]) * (1.0 - b1);
+                    v[i] += (g[i] * g[i] - v[i]) * (1.0 - b2);
+                    p[i] -= a * m[i] / (v[i].sqrt() + eps);
+                }
+            });
+        let dev = var.device().clone();
+        var.set(&Tensor::from_vec(p, shape.clone(), &dev)?)?;
+        let m = Tensor::from_vec(m, shape.clone(), &dev)?;
+        let v = Tensor::from_vec(v, shape, &dev)?;
+        self.moments.insert(name.to_string(), (m, v));
         Ok(())
     }
 
