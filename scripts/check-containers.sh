@@ -104,10 +104,7 @@ step "(c) build outside Docker, as the builder stage does"
 rm -rf "$work/context" "$work/deps" "$work/root" "$work/mirror"
 mkdir -p "$work/context" "$work/deps/src" "$work/root"
 "$py" scripts/container_check.py context "$source_dir" "$work/context" || fail "build context"
-if [ "$source_dir" != "$repo" ]; then
-  echo "  sources from $source_dir; container files from $repo"
-  cp -p Dockerfile .dockerignore "$work/context/" && cp -rp docker "$work/context/"
-fi
+[ "$source_dir" = "$repo" ] || echo "  sources from $source_dir; docker/ from $repo"
 # The dependency layer builds against stub sources: the manifest must accept them.
 cp -p "$work/context/Cargo.toml" "$work/context/Cargo.lock" "$work/deps/"
 echo 'fn main() {}' >"$work/deps/src/main.rs"
@@ -215,7 +212,12 @@ start "$work/start1.log" "${weights_env[@]}"
 wait_healthy "$work/start1.log" 120
 echo "  /health 200 after $((SECONDS - t0))s (HEALTHCHECK ${image_healthcheck[*]}, pid $server_pid is tuneserve)"
 if command -v curl >/dev/null; then
-  echo "  /ready: $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ready") (informational)"
+  ready="$(curl -s -w ' HTTP %{http_code}' "http://127.0.0.1:$port/ready" || true)"
+  echo "  /ready: $ready (informational)"
+  # The server must see the weights the entrypoint prepared.
+  if [ -f "$h5" ] && [[ "$ready" == *'"pretrained_weights":false'* ]]; then
+    fail "the server does not find the imported weights (TUNESERVE_WEIGHTS not passed on?)"
+  fi
 fi
 if [ -f "$h5" ]; then
   ls "$data_dir"/weights/mounted-*.safetensors >/dev/null 2>&1 || fail "the mounted .h5 was not imported into the data dir"

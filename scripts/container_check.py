@@ -269,23 +269,28 @@ def source_files(src):
 
 def cmd_context(src, dest):
     rules = load_dockerignore()  # the checkout's .dockerignore, whatever SRC is
+    files = [(src, rel) for rel in source_files(src)]
+    if os.path.realpath(src) != os.path.realpath("."):
+        # Sources from another checkout; the container files from this one.
+        files = [(s, r) for s, r in files if not r.startswith("docker/")]
+        files += [(".", r) for r in source_files(".") if r.startswith("docker/")]
     kept, total, big = [], 0, []
-    for rel in source_files(src):
+    for base, rel in files:
         if excluded(rel, rules):
             continue
-        size = os.path.getsize(os.path.join(src, rel))
+        size = os.path.getsize(os.path.join(base, rel))
         total += size
         if size > MAX_FILE:
             big.append(f"{rel} ({size >> 20} MiB)")
-        kept.append(rel)
+        kept.append((base, rel))
     if big:
         fail("large files would be sent to the Docker build (add them to .dockerignore): " + ", ".join(big))
     if total > MAX_TOTAL:
         fail(f"the build context is {total >> 20} MiB (limit {MAX_TOTAL >> 20} MiB)")
-    for rel in kept:
+    for base, rel in kept:
         d = os.path.join(dest, rel)
         os.makedirs(os.path.dirname(d), exist_ok=True)
-        shutil.copy2(os.path.join(src, rel), d)
+        shutil.copy2(os.path.join(base, rel), d)
     # What the image build needs must be in the context.
     for must in ("Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs", "docker/entrypoint.sh",
                  "docker/healthcheck.sh", "docker/build.sh"):
