@@ -258,4 +258,5 @@ wait "$http_pid" 2>/dev/null || true
 http_pid=
 echo "  first start without weights: fetched from the mirror, checksum refused, exit $rc, not served"
 
+[ "$source_dir" = "$repo" ] || skipped+=" (sources from $source_dir)"
 echo "check-containers: PASS ($((SECONDS - started))s)$skipped"
