@@ -71,7 +71,7 @@ setup_tools() {
   if ! command -v docker-compose >/dev/null; then
     [ "${TUNESERVE_CHECK_SKIP_SETUP:-0}" = 1 ] && fail "docker-compose missing"
     step "installing Debian's docker-compose (the Compose parser; no engine needed)"
-    local apt=(apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose)
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose)
     "${apt[@]}" >/dev/null 2>&1 || { apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null && "${apt[@]}" >/dev/null; } \
       || fail "could not apt-get install docker-compose"
   fi
