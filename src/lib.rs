@@ -8,9 +8,14 @@
 //! - `store`, `jobs`, `serve`, `api`: the service.
 
 pub mod alloc;
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod error;
+pub mod jobs;
 pub mod model;
 pub mod ops;
 pub mod serve;
+pub mod store;
 pub mod train;

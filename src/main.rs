@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP service.
+    Serve(tuneserve::cli::serve::ServeArgs),
     /// Train the two-stage recipe on a dataset folder or archive.
     Train(tuneserve::cli::train::TrainArgs),
     /// Predict images with a trained checkpoint.
@@ -26,11 +28,16 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `serve` sets up its own logging (it has a JSON option).
+    if !matches!(command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match command {
+        Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
         Command::Train(a) => tuneserve::cli::train::run(a),
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),

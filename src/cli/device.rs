@@ -26,10 +26,22 @@ impl std::str::FromStr for DeviceArg {
 }
 
 /// auto = CUDA when built with it and a GPU is there, else CPU.
+/// Logs the choice (with `requested`), so a run says which device it used.
 pub fn pick_device(arg: DeviceArg) -> candle_core::Result<Device> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda(n) => Device::new_cuda(n),
-        DeviceArg::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+    let d = match arg {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda(n) => Device::new_cuda(n)?,
+        DeviceArg::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+    };
+    tracing::info!(device = %describe(&d), requested = ?arg, cuda_built = cfg!(feature = "cuda"), "device chosen");
+    Ok(d)
+}
+
+/// The chosen device as the CLI spells it ("cpu", "cuda:0"), for logs.
+pub fn describe(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }

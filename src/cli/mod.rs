@@ -4,5 +4,6 @@ pub mod bench;
 pub mod device;
 pub mod embed;
 pub mod predict;
+pub mod serve;
 pub mod train;
 pub mod weights;

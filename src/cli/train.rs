@@ -112,7 +112,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ),
     };
     let device = pick_device(args.device)?;
-    tracing::info!(?device, "training device");
+    tracing::info!(device = %super::device::describe(&device), "training device");
     let spec = RunSpec {
         config: args.config(),
         dataset_root: root,

@@ -2,4 +2,5 @@
 
 pub mod dataset;
 pub mod image;
+pub mod ingest;
 pub mod loader;

@@ -74,7 +74,7 @@ pub struct Backbone {
 
 impl Backbone {
     pub fn build(kind: BackboneKind, variant: Variant, src: &dyn WeightSource, trainable: bool, device: &Device) -> Result<Self> {
-        let net = match (kind, variant) {
+        let mut net = match (kind, variant) {
             (BackboneKind::Xception, Variant::Full) => xception::build(&xception::XceptionConfig::keras(), src, trainable)?,
             (BackboneKind::Xception, Variant::Tiny) => xception::build(&xception::XceptionConfig::tiny(), src, trainable)?,
             (BackboneKind::MobilenetV2, Variant::Full) => {
@@ -84,6 +84,13 @@ impl Backbone {
                 mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::tiny(), src, trainable)?
             }
         };
+        // Sources that load on the CPU (imported Keras files) still give a
+        // network on `device`.
+        for p in &mut net.params {
+            if !p.var.device().same_device(device) {
+                p.var = candle_core::Var::from_tensor(&p.var.as_tensor().to_device(device)?)?;
+            }
+        }
         Ok(Self { kind, variant, net, device: device.clone() })
     }
 

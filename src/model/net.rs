@@ -186,7 +186,9 @@ impl Net {
         let mut i = 0;
         while i < nodes.len() {
             // Inference: a BatchNorm/ReLU feeding a depthwise conv is applied inside it.
-            if tape.is_none() {
+            // (CPU tensors only: the fusion reads scale/shift on the host, which on a
+            // GPU would stall the stream at every block; there the kernels run apart.)
+            if tape.is_none() && x.device().is_cpu() {
                 if let (Some(pre), Some(Node::Depthwise { w: wi, k, stride, pad })) = (self.pre_affine(&nodes[i])?, nodes.get(i + 1)) {
                     let (_, _, h, w) = dims4(&x)?;
                     let g = pad.geom(h, w, *k, *stride);

@@ -1,6 +1,8 @@
 //! Opt-in per-layer-kind timing (TUNESERVE_PROFILE=1): where a forward or
 //! backward pass spends its time, printed by benchmarks. It counts process CPU
-//! seconds (all threads), which a busy machine distorts less than wall time.
+//! seconds (all threads), which a busy machine distorts less than wall time;
+//! TUNESERVE_PROFILE=wall counts wall time instead (for GPU runs, together with
+//! CUDA_LAUNCH_BLOCKING=1, where CPU time says little about the kernels).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -16,9 +18,9 @@ pub fn timed<T>(key: &'static str, f: impl FnOnce() -> T) -> T {
     match table() {
         None => f(),
         Some(t) => {
-            let start = cpu_seconds();
+            let start = now();
             let out = f();
-            let dt = cpu_seconds() - start;
+            let dt = now() - start;
             if let Ok(mut m) = t.lock() {
                 let e = m.entry(key).or_insert((0, 0.0));
                 e.0 += 1;
@@ -36,6 +38,15 @@ pub fn take() -> Vec<(&'static str, u64, f64)> {
     let mut v: Vec<_> = std::mem::take(&mut *m).into_iter().map(|(k, (n, s))| (k, n, s)).collect();
     v.sort_by(|a, b| b.2.total_cmp(&a.2));
     v
+}
+
+/// The profiler's clock: CPU seconds, or wall seconds with TUNESERVE_PROFILE=wall.
+fn now() -> f64 {
+    static WALL: OnceLock<Option<std::time::Instant>> = OnceLock::new();
+    match WALL.get_or_init(|| (std::env::var("TUNESERVE_PROFILE").as_deref() == Ok("wall")).then(std::time::Instant::now)) {
+        Some(t0) => t0.elapsed().as_secs_f64(),
+        None => cpu_seconds(),
+    }
 }
 
 /// User + system CPU seconds of this process so far.

@@ -68,6 +68,11 @@ impl CustomOp1 for ActOp {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::act_fwd(s, l, self.a)
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(act_grad(y, dy, self.a)?))
     }
@@ -99,5 +104,19 @@ impl CustomOp2 for ActGrad {
             );
             output(dx, l1.shape().clone())
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("act_grad: {:?} vs {:?}", l1.dims(), l2.dims());
+        }
+        super::cuda::act_grad(s1, l1, s2, l2, self.a)
     }
 }

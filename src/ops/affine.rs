@@ -148,6 +148,21 @@ impl CustomOp3 for AffineAct {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let c = l2.shape().elem_count();
+        let n = rows(l1, c, "affine")?;
+        super::cuda::affine_fwd(s1, l1, s2, l2, s3, l3, n, self.a)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -201,6 +216,21 @@ impl CustomOp3 for AffineInputGrad {
             output(dx, l1.shape().clone())
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let c = l3.shape().elem_count();
+        let n = rows(l1, c, "affine input grad")?;
+        super::cuda::affine_input_grad(s1, l1, s2, l2, s3, l3, n, self.a)
+    }
 }
 
 struct AffineParamGrad {
@@ -236,6 +266,24 @@ impl CustomOp3 for AffineParamGrad {
             });
             output(out, (c, 2))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let c = l1.dims()[0];
+        let n = rows(l1, c, "affine param grad")?;
+        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
+            candle_core::bail!("affine param grad: {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        super::cuda::affine_param_grad(s1, l1, s2, l2, s3, l3, c, n, self.a)
     }
 }
 

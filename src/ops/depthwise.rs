@@ -291,6 +291,20 @@ impl CustomOp2 for Depthwise {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let (c, b) = planes(l1, g.in_h, g.in_w, "depthwise input")?;
+        check_kernel(l2, c, g)?;
+        super::cuda::depthwise_fwd(s1, l1, s2, l2, g, c, b, self.pre.as_ref())
+    }
+
     fn bwd(&self, x: &Tensor, k: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = depthwise_input_grad(dy, k, self.g)?;
         let dk = depthwise_kernel_grad(x, dy, self.g)?;
@@ -336,6 +350,20 @@ impl CustomOp2 for DepthwiseInputGrad {
             output(dx, (c, b, g.in_h, g.in_w))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let (c, b) = planes(l1, g.out_h, g.out_w, "depthwise output grad")?;
+        check_kernel(l2, c, g)?;
+        super::cuda::depthwise_input_grad(s1, l1, s2, l2, g, c, b)
+    }
 }
 
 struct DepthwiseKernelGrad {
@@ -377,5 +405,22 @@ impl CustomOp2 for DepthwiseKernelGrad {
             );
             output(dk, (c, kk))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let (c, b) = planes(l1, g.in_h, g.in_w, "depthwise input")?;
+        let (c2, b2) = planes(l2, g.out_h, g.out_w, "depthwise output grad")?;
+        if (c, b) != (c2, b2) {
+            candle_core::bail!("depthwise kernel grad: input {:?} vs grad {:?}", l1.dims(), l2.dims());
+        }
+        super::cuda::depthwise_kernel_grad(s1, l1, s2, l2, g, c, b)
     }
 }

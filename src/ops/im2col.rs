@@ -66,6 +66,16 @@ impl CustomOp1 for Im2Col {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let (c, b) = match l.dims() {
+            [c, b, h, w] if *h == g.in_h && *w == g.in_w => (*c, *b),
+            d => candle_core::bail!("im2col: expected (C,B,{},{}), got {d:?}", g.in_h, g.in_w),
+        };
+        super::cuda::im2col(s, l, g, c, b)
+    }
+
     fn bwd(&self, _x: &Tensor, _res: &Tensor, dcols: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(col2im(dcols, self.g)?))
     }
@@ -121,5 +131,16 @@ impl CustomOp1 for Col2Im {
             });
             output(dx, (c, b, g.in_h, g.in_w))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let kk = g.k * g.k;
+        let (rows, ncols) = match l.dims() {
+            [r, n] if r % kk == 0 && n % g.out_plane() == 0 => (*r, *n),
+            d => candle_core::bail!("col2im: expected (C*{kk}, B*{}), got {d:?}", g.out_plane()),
+        };
+        super::cuda::col2im(s, l, g, rows / kk, ncols / g.out_plane())
     }
 }

@@ -10,13 +10,19 @@
 //! gradient checks run).
 
 pub mod act;
+#[cfg(feature = "cuda")]
+pub mod adam;
 pub mod affine;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod depthwise;
 pub mod im2col;
 pub mod pool;
 mod storage;
 
 pub use act::{act, act_grad, Act};
+#[cfg(feature = "cuda")]
+pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad};
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, PreAffine};
 pub use im2col::{col2im, im2col};

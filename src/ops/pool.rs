@@ -98,6 +98,14 @@ impl CustomOp1 for MaxPool {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let n = planes(l, g)?;
+        let d = l.dims();
+        super::cuda::max_pool(s, l, g, n, Shape::from((d[0], d[1], g.out_h, g.out_w)))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(max_pool_grad(x, dy, self.g)?))
     }
@@ -136,5 +144,21 @@ impl CustomOp2 for MaxPoolGrad {
             });
             output(dx, shape)
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        let n = planes(l1, g)?;
+        if l2.shape().elem_count() != n * g.out_plane() {
+            candle_core::bail!("max_pool_grad: grad {:?} does not match input {:?}", l2.dims(), l1.dims());
+        }
+        super::cuda::max_pool_grad(s1, l1, s2, l2, g, n)
     }
 }

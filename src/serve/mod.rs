@@ -1,5 +1,9 @@
-//! Serving trained models.
+//! Serving trained models: the predictor, the model registry (default
+//! model, hot swap on publish) and the batching queue in front of each
+//! loaded model.
 
+pub mod batcher;
 pub mod predictor;
+pub mod registry;
 
 pub use predictor::{Prediction, Predictor};

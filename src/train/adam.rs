@@ -15,11 +15,21 @@ pub struct Adam {
     /// Number of updates done so far (Keras's `iterations`).
     pub step: u64,
     moments: BTreeMap<String, (Tensor, Tensor)>,
+    /// Parameters on a CUDA device: [m; v] packed as (2, n) plus the
+    /// parameter's shape, updated by one fused kernel (`ops::adam_step`).
+    #[cfg(feature = "cuda")]
+    packed: BTreeMap<String, (Tensor, candle_core::Shape)>,
 }
 
 impl Adam {
     pub fn new(lr: f64) -> Self {
-        Self { lr, step: 0, moments: BTreeMap::new() }
+        Self {
+            lr,
+            step: 0,
+            moments: BTreeMap::new(),
+            #[cfg(feature = "cuda")]
+            packed: BTreeMap::new(),
+        }
     }
 
     /// One update of every (name, var, grad):
@@ -34,6 +44,11 @@ impl Adam {
                 self.update_cpu(name, var, g, alpha)?;
                 continue;
             }
+            #[cfg(feature = "cuda")]
+            if var.device().is_cuda() {
+                self.update_packed(name, var, g, alpha)?;
+                continue;
+            }
             let (m, v) = match self.moments.remove(name) {
                 Some(mv) => mv,
                 None => (var.zeros_like()?, var.zeros_like()?),
@@ -44,6 +59,23 @@ impl Adam {
             var.set(&var.as_tensor().detach().sub(&delta)?)?;
             self.moments.insert(name.to_string(), (m, v));
         }
+        Ok(())
+    }
+
+    /// The CPU path's update (`update_cpu`), in one kernel per parameter.
+    #[cfg(feature = "cuda")]
+    fn update_packed(&mut self, name: &str, var: &Var, g: &Tensor, alpha: f64) -> Result<()> {
+        let mv = match self.packed.remove(name) {
+            Some((mv, _)) => mv,
+            // Restored from a checkpoint: pack once.
+            None => match self.moments.remove(name) {
+                Some((m, v)) => Tensor::stack(&[m.flatten_all()?, v.flatten_all()?], 0)?.to_device(var.device())?,
+                None => Tensor::zeros((2, var.elem_count()), var.dtype(), var.device())?,
+            },
+        };
+        let out = crate::ops::adam_step(var.as_tensor(), g, &mv, BETA1, BETA2, alpha, EPSILON)?;
+        var.set(&out.get(0)?.reshape(var.shape())?)?;
+        self.packed.insert(name.to_string(), (out.narrow(0, 1, 2)?, var.shape().clone()));
         Ok(())
     }
 
@@ -85,10 +117,19 @@ impl Adam {
 
     /// State as named tensors (`m/<name>`, `v/<name>`) for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.moments
+        #[allow(unused_mut)]
+        let mut state: Vec<(String, Tensor)> = self
+            .moments
             .iter()
             .flat_map(|(n, (m, v))| [(format!("m/{n}"), m.clone()), (format!("v/{n}"), v.clone())])
-            .collect()
+            .collect();
+        #[cfg(feature = "cuda")]
+        for (n, (mv, shape)) in &self.packed {
+            let row = |i: usize| mv.get(i).and_then(|t| t.reshape(shape)).expect("packed Adam state matches its parameter");
+            state.push((format!("m/{n}"), row(0)));
+            state.push((format!("v/{n}"), row(1)));
+        }
+        state
     }
 
     pub fn restore(lr: f64, step: u64, state: &std::collections::HashMap<String, Tensor>) -> Result<Self> {
@@ -101,7 +142,13 @@ impl Adam {
                 moments.insert(name.to_string(), (m.clone(), v.clone()));
             }
         }
-        Ok(Self { lr, step, moments })
+        Ok(Self {
+            lr,
+            step,
+            moments,
+            #[cfg(feature = "cuda")]
+            packed: BTreeMap::new(),
+        })
     }
 }
 

@@ -1,0 +1,239 @@
+//! /v1/datasets: upload (streamed to disk, then extracted and scanned off the
+//! runtime), list, get, delete.
+
+use std::path::{Path, PathBuf};
+
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::body::{body_chunks, check_declared_length, check_id, media_type, not_found, stream_to_file};
+use super::types::{ClassCount, Dataset, DatasetList, PageQuery, UploadQuery};
+use super::{page_limit, SharedState};
+use crate::data::dataset::Split;
+use crate::data::ingest::{self, IngestLimits};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::jobs::{FILES_DIR, MANIFEST_FILE};
+use crate::store::db::{now_ms, DatasetRow};
+
+/// Largest single file inside an archive.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Raw-body content types taken as an archive (the bytes decide which kind).
+const ARCHIVE_TYPES: &[&str] = &[
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-tar",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-gtar",
+    "application/x-compressed-tar",
+    "application/octet-stream",
+];
+
+/// Removes a staging directory unless the upload got through.
+struct Staging {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Upload a dataset archive.
+///
+/// A zip, tar or tar.gz of class folders: `train/<class>/*` with optional
+/// `validation/<class>/*`, or just `<class>/*`, optionally inside one
+/// top-level folder. Send it as multipart/form-data (a file field, plus an
+/// optional `name` field) or as a raw body (`Content-Type: application/zip`,
+/// `application/x-tar`, `application/gzip`). Files that are not usable
+/// images are skipped and listed in `rejected`.
+#[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
+    request_body(description = "the archive",
+        content(("multipart/form-data"), ("application/zip"), ("application/x-tar"), ("application/gzip"))),
+    responses(
+        (status = 201, body = Dataset),
+        (status = 400, description = "empty upload or no file field", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, description = "upload, expanded size or entry count over the limits", body = ErrorBody),
+        (status = 415, description = "not multipart or an archive type, or the bytes are not an archive", body = ErrorBody),
+        (status = 422, description = "unsafe entry path, link entry, damaged archive, fewer than 2 classes or an empty class", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])))]
+pub async fn create(
+    State(st): State<SharedState>,
+    Query(q): Query<UploadQuery>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Dataset>)> {
+    let limit = st.cfg.max_dataset_bytes;
+    let req = check_declared_length(req, limit).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut staging = Staging { dir: st.artifacts.staging_dir().join(&id), keep: false };
+    tokio::fs::create_dir_all(&staging.dir).await?;
+    let archive = staging.dir.join("upload");
+
+    let mt = media_type(req.headers());
+    let (bytes, file_name) = match mt.as_deref() {
+        Some("multipart/form-data") => receive_multipart(req, &archive, limit).await?,
+        Some(t) if ARCHIVE_TYPES.contains(&t) => {
+            (write_stream(body_chunks(req.into_body()), &archive, limit).await?, None)
+        }
+        other => {
+            return Err(ApiError::unsupported_media(format!(
+                "upload the archive as multipart/form-data or with Content-Type application/zip, application/x-tar \
+                 or application/gzip (got {})",
+                other.unwrap_or("no Content-Type")
+            )))
+        }
+    };
+    if bytes == 0 {
+        return Err(ApiError::bad_request("empty_upload", "the uploaded archive is empty (0 bytes)"));
+    }
+    let name = q.name.or(file_name).unwrap_or_else(|| "dataset".into());
+
+    let limits = IngestLimits {
+        max_entries: st.cfg.max_archive_entries,
+        max_uncompressed_bytes: st.cfg.max_uncompressed_bytes,
+        max_file_bytes: MAX_FILE_BYTES,
+        image: st.cfg.decode_limits(),
+    };
+    let files = staging.dir.join(FILES_DIR);
+    let started = std::time::Instant::now();
+    let manifest = {
+        let (archive, files) = (archive.clone(), files.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&files)?;
+            let m = ingest::ingest(&archive, &files, &limits);
+            // The archive is not needed once extracted, whatever happened.
+            let _ = std::fs::remove_file(&archive);
+            m
+        })
+        .await??
+    };
+    tracing::info!(dataset_id = %id, classes = manifest.classes.len(), images = manifest.samples.len(),
+        rejected = manifest.rejected.len(), seconds = started.elapsed().as_secs_f64(), "dataset ingested");
+
+    let counts: Vec<ClassCount> = (0..manifest.classes.len())
+        .map(|c| ClassCount {
+            class: manifest.classes[c].clone(),
+            train: manifest.count(c, Split::Train),
+            validation: manifest.count(c, Split::Validation),
+        })
+        .collect();
+    tokio::fs::write(staging.dir.join(MANIFEST_FILE), serde_json::to_vec(&manifest)?).await?;
+    let dest = st.artifacts.dataset_dir(&id);
+    tokio::fs::rename(&staging.dir, &dest).await?;
+    staging.keep = true;
+
+    let row = DatasetRow {
+        id: id.clone(),
+        name,
+        created_at: now_ms(),
+        archive_bytes: bytes as i64,
+        classes: serde_json::to_string(&manifest.classes)?,
+        counts: serde_json::to_string(&counts)?,
+        rejected: serde_json::to_string(&manifest.rejected)?,
+        has_validation: manifest.has_validation as i64,
+    };
+    if let Err(e) = st.db.insert_dataset(&row).await {
+        let _ = st.artifacts.remove_dataset(&id);
+        return Err(e.into());
+    }
+    metrics::counter!("tuneserve_datasets_created_total").increment(1);
+    Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true)?)))
+}
+
+async fn write_stream(
+    chunks: impl futures::Stream<Item = ApiResult<axum::body::Bytes>>,
+    path: &Path,
+    limit: u64,
+) -> ApiResult<u64> {
+    let mut f = tokio::io::BufWriter::new(tokio::fs::File::create(path).await?);
+    stream_to_file(chunks, &mut f, limit).await
+}
+
+/// Takes the first file field (streamed to `archive`) and an optional `name` field.
+async fn receive_multipart(req: Request, archive: &Path, limit: u64) -> ApiResult<(u64, Option<String>)> {
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+    let mut got: Option<(u64, Option<String>)> = None;
+    let mut name = None;
+    while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
+        if field.file_name().is_some() || field.name() == Some("file") {
+            if got.is_some() {
+                return Err(ApiError::bad_request("too_many_files", "send one archive per upload"));
+            }
+            let file_name = field.file_name().map(str::to_string);
+            let chunks = futures::stream::unfold(field, |mut f| async move {
+                match f.chunk().await {
+                    Ok(Some(c)) => Some((Ok(c), f)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(multipart_error(e)), f)),
+                }
+            });
+            got = Some((write_stream(chunks, archive, limit).await?, file_name));
+        } else if field.name() == Some("name") {
+            name = Some(field.text().await.map_err(multipart_error)?);
+        }
+    }
+    let (n, file_name) = got.ok_or_else(|| {
+        ApiError::bad_request("missing_file", "the multipart body has no file field (use -F file=@dataset.zip)")
+    })?;
+    Ok((n, name.or(file_name)))
+}
+
+pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("body_too_large", e.body_text())
+    } else {
+        ApiError::bad_request("invalid_multipart", e.body_text())
+    }
+}
+
+/// List datasets, newest first.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery),
+    responses((status = 200, body = DatasetList), (status = 400, body = ErrorBody)))]
+pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> ApiResult<Json<DatasetList>> {
+    let limit = page_limit(q.limit, 20, 100);
+    let rows = st
+        .db
+        .list_datasets(q.after.as_deref(), limit + 1)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`after` names no dataset"))?;
+    let has_more = rows.len() as i64 > limit;
+    let data = rows.into_iter().take(limit as usize).map(|r| Dataset::from_row(r, false)).collect::<Result<_, _>>()?;
+    Ok(Json(DatasetList { object: "list", data, has_more }))
+}
+
+/// One dataset: classes, counts per class and split, rejected files with reasons.
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
+    responses((status = 200, body = Dataset), (status = 404, body = ErrorBody)))]
+pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Dataset>> {
+    check_id("dataset", &id)?;
+    let row = st.db.get_dataset(&id).await?.ok_or_else(|| not_found("dataset", &id))?;
+    Ok(Json(Dataset::from_row(row, true)?))
+}
+
+/// Delete a dataset and its files (409 while a queued or running job uses it).
+#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn delete(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
+    check_id("dataset", &id)?;
+    if st.db.get_dataset(&id).await?.is_none() {
+        return Err(not_found("dataset", &id));
+    }
+    if !st.db.delete_dataset(&id).await? {
+        return Err(ApiError::conflict("dataset_in_use", "a queued or running job uses this dataset; cancel it first"));
+    }
+    let artifacts = st.artifacts.clone();
+    tokio::task::spawn_blocking(move || artifacts.remove_dataset(&id)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}

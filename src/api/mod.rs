@@ -1,0 +1,267 @@
+//! The HTTP API: routes under /v1, operations endpoints, middleware, and the
+//! server's life cycle (start, resume orphaned jobs, graceful shutdown).
+
+mod body;
+mod datasets;
+mod jobs;
+mod models;
+mod ops;
+mod predict;
+pub mod types;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use axum::handler::HandlerWithoutStateExt;
+use tower_http::services::ServeDir;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::jobs::{spawn_workers, JobContext, STALE_AFTER};
+use crate::serve::batcher::BatchLimits;
+use crate::serve::registry::Registry;
+use crate::store::{ArtifactStore, Db, LocalArtifacts};
+
+pub use ops::ApiDoc;
+
+/// What the handlers share.
+pub struct AppState {
+    pub cfg: Arc<ServeConfig>,
+    pub db: Db,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub registry: Registry,
+    pub jobs_queued: Arc<Notify>,
+    pub job_events: Arc<Notify>,
+    pub metrics: Option<PrometheusHandle>,
+    pub shutdown: CancellationToken,
+}
+
+pub type SharedState = Arc<AppState>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The process-wide Prometheus recorder (one per process, however many
+/// servers a test starts).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled, then stops
+/// taking requests, lets a running job reach its next checkpoint (bounded by
+/// the grace period) and returns. Cancelling is synchronous, so a caller can
+/// stop the workers from a `Drop`.
+pub async fn serve_with(
+    cfg: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let device = cfg.candle_device().map_err(ServeError::Config)?;
+    let db = Db::connect(&cfg.database_url()).await?;
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifacts::new(&cfg.data_dir)?);
+    let limits = BatchLimits {
+        max_batch: cfg.predict_max_batch.max(1),
+        max_wait: cfg.predict_max_wait(),
+        max_queue: cfg.predict_max_queue.max(1),
+    };
+    let token = shutdown;
+    let state = Arc::new(AppState {
+        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits),
+        cfg: cfg.clone(),
+        db: db.clone(),
+        artifacts: artifacts.clone(),
+        jobs_queued: Arc::new(Notify::new()),
+        job_events: Arc::new(Notify::new()),
+        metrics: metrics_handle(),
+        shutdown: token.clone(),
+    });
+
+    let resumed = db.requeue_orphans(&cfg.instance, STALE_AFTER).await?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
+    }
+    let ctx = Arc::new(JobContext {
+        db: db.clone(),
+        artifacts,
+        cfg: cfg.clone(),
+        device,
+        queued: state.jobs_queued.clone(),
+        events: state.job_events.clone(),
+        shutdown: token.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let workers = spawn_workers(ctx, cfg.workers)?;
+
+    // Load the default model in the background so /ready turns green once it is in memory.
+    let warm = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warm.registry.default_model().await {
+            if e.code != "no_model" {
+                tracing::warn!(error = %e, "default model not loaded at start");
+            }
+        }
+    });
+
+    let app = router(state);
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let stop = token.clone();
+    // The token also ends SSE streams and tells the workers.
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: no new requests; a running job stops at its next checkpoint");
+        })
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("worker join: {e}")))?;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn router(state: SharedState) -> Router {
+    let cfg = state.cfg.clone();
+    let predict_limit = DefaultBodyLimit::max(cfg.max_predict_bytes);
+    let v1 = Router::new()
+        .route(
+            "/datasets",
+            // Uploads are streamed to disk under their own limit, not buffered.
+            post(datasets::create).layer(DefaultBodyLimit::disable()).get(datasets::list),
+        )
+        .route("/datasets/{id}", get(datasets::get_one).delete(datasets::delete))
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get_one))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/checkpoints", get(jobs::checkpoints))
+        .route("/checkpoints/{id}", get(models::checkpoint))
+        .route("/checkpoints/{id}/download", get(models::download))
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::get_one))
+        .route("/models/{id}/default", post(models::make_default))
+        .route("/models/{id}/predict", post(predict::predict_model).layer(predict_limit))
+        .route("/predict", post(predict::predict).layer(predict_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs", get(ops::docs))
+        // The web page; whatever it does not hold is the API's JSON 404.
+        .fallback_service(
+            ServeDir::new(&cfg.static_dir)
+                .call_fallback_on_method_not_allowed(true)
+                .fallback(not_found.into_service()),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+/// With an API key configured, every mutating route needs
+/// `Authorization: Bearer <key>`. Reads and predictions stay open.
+async fn require_api_key(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.cfg.api_key {
+        let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let predict = req.uri().path().ends_with("/predict");
+        if mutating && !predict {
+            let given = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => {}
+                Some(_) => return ApiError::unauthorized("wrong API key").into_response(),
+                None => {
+                    return ApiError::unauthorized("this route needs `Authorization: Bearer <API key>`")
+                        .into_response()
+                }
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not reveal the key's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("tuneserve_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("tuneserve_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Page size from a query, clamped.
+fn page_limit(limit: Option<i64>, default: i64, max: i64) -> i64 {
+    limit.unwrap_or(default).clamp(1, max)
+}
+
+/// A server-side stream must not outlive shutdown; this is how long an idle
+/// SSE stream waits between checks.
+const STREAM_POLL: Duration = Duration::from_millis(500);

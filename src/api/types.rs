@@ -1,0 +1,323 @@
+//! The JSON shapes of the API (resource model after OpenAI's fine-tuning API).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::data::dataset::Rejected;
+use crate::model::{BackboneKind, Variant};
+use crate::store::db::{CheckpointRow, DatasetRow, EventRow, JobRow, ModelRow};
+use crate::train::{Metrics, TrainConfig};
+
+fn secs(ms: i64) -> i64 {
+    ms / 1000
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClassCount {
+    pub class: String,
+    pub train: usize,
+    pub validation: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Dataset {
+    pub id: String,
+    /// Always "dataset".
+    pub object: &'static str,
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Size of the uploaded archive.
+    pub archive_bytes: i64,
+    /// Class names in label order (sorted, as Keras does).
+    pub classes: Vec<String>,
+    pub counts: Vec<ClassCount>,
+    pub has_validation: bool,
+    pub rejected_count: usize,
+    /// Files left out, and why (only on the single-dataset endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Vec<Rejected>>,
+}
+
+impl Dataset {
+    pub fn from_row(r: DatasetRow, with_rejected: bool) -> Result<Self, serde_json::Error> {
+        let rejected: Vec<Rejected> = serde_json::from_str(&r.rejected)?;
+        Ok(Self {
+            id: r.id,
+            object: "dataset",
+            name: r.name,
+            created_at: secs(r.created_at),
+            archive_bytes: r.archive_bytes,
+            classes: serde_json::from_str(&r.classes)?,
+            counts: serde_json::from_str(&r.counts)?,
+            has_validation: r.has_validation != 0,
+            rejected_count: rejected.len(),
+            rejected: with_rejected.then_some(rejected),
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatasetList {
+    pub object: &'static str,
+    pub data: Vec<Dataset>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    pub dataset_id: String,
+    /// Overrides `hyperparameters.backbone`.
+    pub backbone: Option<BackboneKind>,
+    /// `full` (pretrained ImageNet weights, the default) or `tiny` (a small
+    /// seeded network of the same topology, for tests and demos).
+    pub variant: Option<Variant>,
+    /// Every field is optional; the defaults are the notebook's.
+    pub hyperparameters: Option<TrainConfig>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    /// Always "job".
+    pub object: &'static str,
+    pub dataset_id: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: String,
+    pub variant: String,
+    pub hyperparameters: TrainConfig,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// features, frozen or finetune.
+    pub stage: Option<String>,
+    /// Epoch within the stage (1-based) and the stage's epoch count.
+    pub epoch: Option<i64>,
+    pub epochs: Option<i64>,
+    pub step: Option<i64>,
+    pub steps: Option<i64>,
+    pub train_metrics: Option<Metrics>,
+    pub validation_metrics: Option<Metrics>,
+    pub error: Option<String>,
+    /// The published model, once succeeded.
+    pub model_id: Option<String>,
+    pub cancel_requested: bool,
+    /// How many times a worker has started it (more than 1 after a resume).
+    pub attempts: i64,
+    /// The training summary (best checkpoint, per-stage metrics, confusion matrix), once succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+}
+
+fn parse_opt<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Result<Option<T>, serde_json::Error> {
+    s.as_deref().map(serde_json::from_str).transpose()
+}
+
+impl Job {
+    pub fn from_row(r: JobRow) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            object: "job",
+            hyperparameters: serde_json::from_str(&r.config)?,
+            train_metrics: parse_opt(&r.train_metrics)?,
+            validation_metrics: parse_opt(&r.validation_metrics)?,
+            result: parse_opt(&r.result)?,
+            created_at: secs(r.created_at),
+            started_at: r.started_at.map(secs),
+            finished_at: r.finished_at.map(secs),
+            cancel_requested: r.cancel_requested != 0,
+            id: r.id,
+            dataset_id: r.dataset_id,
+            status: r.status,
+            variant: r.variant,
+            stage: r.stage,
+            epoch: r.epoch,
+            epochs: r.epochs,
+            step: r.step,
+            steps: r.steps,
+            error: r.error,
+            model_id: r.model_id,
+            attempts: r.attempts,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    pub object: &'static str,
+    pub data: Vec<Job>,
+    pub has_more: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobEvent {
+    /// Position in the job's history, from 1; also the SSE event id.
+    pub seq: i64,
+    pub created_at: i64,
+    /// status, progress, epoch, checkpoint or message.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl JobEvent {
+    pub fn from_row(r: EventRow) -> Self {
+        let data = serde_json::from_str(&r.data).unwrap_or(serde_json::Value::String(r.data));
+        Self { seq: r.seq, created_at: secs(r.created_at), kind: r.kind, data }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobEventList {
+    pub object: &'static str,
+    pub data: Vec<JobEvent>,
+    pub has_more: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Checkpoint {
+    pub id: String,
+    /// Always "checkpoint".
+    pub object: &'static str,
+    pub job_id: String,
+    pub name: String,
+    pub stage: String,
+    pub epoch: i64,
+    pub train_metrics: Metrics,
+    pub validation_metrics: Metrics,
+    pub created_at: i64,
+    /// GET this for a tar of model.safetensors and meta.json.
+    pub download_url: String,
+}
+
+impl Checkpoint {
+    pub fn from_row(r: CheckpointRow) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            object: "checkpoint",
+            train_metrics: serde_json::from_str(&r.train_metrics)?,
+            validation_metrics: serde_json::from_str(&r.validation_metrics)?,
+            created_at: secs(r.created_at),
+            download_url: format!("/v1/checkpoints/{}/download", r.id),
+            id: r.id,
+            job_id: r.job_id,
+            name: r.name,
+            stage: r.stage,
+            epoch: r.epoch,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointList {
+    pub object: &'static str,
+    pub data: Vec<Checkpoint>,
+    pub has_more: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    /// Always "model".
+    pub object: &'static str,
+    pub job_id: String,
+    pub checkpoint_id: String,
+    pub backbone: String,
+    pub variant: String,
+    pub classes: Vec<String>,
+    pub image_size: i64,
+    pub validation_metrics: Metrics,
+    /// The model POST /v1/predict uses.
+    pub is_default: bool,
+    pub created_at: i64,
+}
+
+impl Model {
+    pub fn from_row(r: ModelRow) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            object: "model",
+            classes: serde_json::from_str(&r.classes)?,
+            validation_metrics: serde_json::from_str(&r.validation_metrics)?,
+            is_default: r.is_default != 0,
+            created_at: secs(r.created_at),
+            id: r.id,
+            job_id: r.job_id,
+            checkpoint_id: r.checkpoint_id,
+            backbone: r.backbone,
+            variant: r.variant,
+            image_size: r.image_size,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<Model>,
+    pub has_more: bool,
+}
+
+/// JSON predict body: one base64 image or several (a `data:` URL prefix is allowed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictJson {
+    pub image: Option<String>,
+    pub images: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PredictionOut {
+    pub logits: Vec<f32>,
+    pub probabilities: BTreeMap<String, f32>,
+    pub label: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PredictResponse {
+    /// The model that answered.
+    pub model: String,
+    /// One per input image, in input order.
+    pub predictions: Vec<PredictionOut>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// Page size, 1..=100 (default 20).
+    pub limit: Option<i64>,
+    /// Id of the last item of the previous page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventQuery {
+    /// Page size for the history, 1..=1000 (default 100).
+    pub limit: Option<i64>,
+    /// Return events with seq greater than this (default 0).
+    pub after: Option<i64>,
+    /// true: a live Server-Sent-Events stream (also chosen by `Accept: text/event-stream`).
+    pub stream: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// A name for the dataset (default: the uploaded file's name).
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    pub status: &'static str,
+    pub database: &'static str,
+    /// The default model, if any, and whether it is in memory.
+    pub default_model: Option<String>,
+    pub model_loaded: bool,
+    /// Whether the pretrained weights that full-size jobs need are present.
+    pub pretrained_weights: bool,
+}

@@ -1,0 +1,137 @@
+//! Service configuration: command-line flags, each also settable through a
+//! `TUNESERVE_*` environment variable (DATABASE_URL keeps its usual name).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::device::{pick_device, DeviceArg};
+use crate::data::image::DecodeLimits;
+use crate::model::weights::fetch;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "TUNESERVE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory for the SQLite database and all artifacts (datasets, checkpoints, weights).
+    #[arg(long, env = "TUNESERVE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// sqlite://... or postgres://...; default: a SQLite file in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Device for training and prediction: auto (CUDA when built with it and
+    /// present), cpu, cuda or cuda:N.
+    #[arg(long, env = "TUNESERVE_DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Pretrained Xception weights for full-size jobs (safetensors, or a Keras
+    /// .h5/.keras file); default: <data_dir>/weights/xception_imagenet.safetensors,
+    /// which `tuneserve weights fetch xception` writes.
+    #[arg(long, env = "TUNESERVE_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+
+    /// Bearer token required on every mutating route; none = open.
+    #[arg(long, env = "TUNESERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest dataset upload (compressed bytes on the wire).
+    #[arg(long, env = "TUNESERVE_MAX_DATASET_BYTES", default_value_t = 2 << 30)]
+    pub max_dataset_bytes: u64,
+
+    /// Largest total uncompressed size of an archive's entries (zip-bomb bound).
+    #[arg(long, env = "TUNESERVE_MAX_UNCOMPRESSED_BYTES", default_value_t = 8 << 30)]
+    pub max_uncompressed_bytes: u64,
+
+    /// Most entries an archive may have.
+    #[arg(long, env = "TUNESERVE_MAX_ARCHIVE_ENTRIES", default_value_t = 200_000)]
+    pub max_archive_entries: u64,
+
+    /// Largest predict request body.
+    #[arg(long, env = "TUNESERVE_MAX_PREDICT_BYTES", default_value_t = 32 << 20)]
+    pub max_predict_bytes: usize,
+
+    /// Largest image, in pixels (width x height), checked from its header.
+    #[arg(long, env = "TUNESERVE_MAX_IMAGE_PIXELS", default_value_t = 64 << 20)]
+    pub max_image_pixels: u64,
+
+    /// Largest image width or height, checked from its header.
+    #[arg(long, env = "TUNESERVE_MAX_IMAGE_DIMENSION", default_value_t = 16_384)]
+    pub max_image_dimension: u32,
+
+    /// Training jobs run at once by this process (one per device is the sane default).
+    #[arg(long, env = "TUNESERVE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Name of this process among workers sharing one database; jobs it had
+    /// claimed and finds `running` at start are resumed.
+    #[arg(long, env = "TUNESERVE_INSTANCE", default_value = "local")]
+    pub instance: String,
+
+    /// Most images run through the model in one batch.
+    #[arg(long, env = "TUNESERVE_PREDICT_MAX_BATCH", default_value_t = 32)]
+    pub predict_max_batch: usize,
+
+    /// How long the first request of a batch waits for others, in milliseconds.
+    #[arg(long, env = "TUNESERVE_PREDICT_MAX_WAIT_MS", default_value_t = 5)]
+    pub predict_max_wait_ms: u64,
+
+    /// Most images waiting for the model; beyond it, 429 with Retry-After.
+    #[arg(long, env = "TUNESERVE_PREDICT_MAX_QUEUE", default_value_t = 512)]
+    pub predict_max_queue: usize,
+
+    /// Emit a progress event every N training steps.
+    #[arg(long, env = "TUNESERVE_PROGRESS_EVERY", default_value_t = 10)]
+    pub progress_every: usize,
+
+    /// On shutdown, how long a running job may take to reach its next checkpoint, in seconds.
+    #[arg(long, env = "TUNESERVE_SHUTDOWN_GRACE_SECS", default_value_t = 300)]
+    pub shutdown_grace_secs: u64,
+
+    /// Directory of the web page (index.html, app.js, app.css), served at `/`.
+    #[arg(long, env = "TUNESERVE_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+}
+
+impl ServeConfig {
+    /// Defaults for a data directory (what tests and embedding callers start from).
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            c: ServeConfig,
+        }
+        // Defaults come from the attributes above (and TUNESERVE_* variables
+        // when set), so there is one source of truth.
+        let mut c = Wrap::parse_from(["tuneserve"]).c;
+        c.data_dir = data_dir.into();
+        c
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("tuneserve.db").display()),
+        }
+    }
+
+    pub fn weights_path(&self) -> PathBuf {
+        self.weights.clone().unwrap_or_else(|| self.data_dir.join("weights").join(fetch::XCEPTION_CACHE_FILE))
+    }
+
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits { max_pixels: self.max_image_pixels, max_dimension: self.max_image_dimension }
+    }
+
+    pub fn predict_max_wait(&self) -> Duration {
+        Duration::from_millis(self.predict_max_wait_ms)
+    }
+
+    pub fn candle_device(&self) -> Result<candle_core::Device, String> {
+        pick_device(self.device).map_err(|e| format!("device {:?}: {e}", self.device))
+    }
+}

@@ -1,0 +1,395 @@
+//! Training jobs: worker threads (never the async runtime) claim queued jobs
+//! from the database, run the two-stage recipe, and persist its events,
+//! checkpoints and outcome. Several processes can share one PostgreSQL: the
+//! claim is atomic, and each process resumes at start the jobs it had
+//! claimed (or whose owner stopped sending heartbeats).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn};
+
+use crate::config::ServeConfig;
+use crate::data::dataset::{DatasetManifest, Split};
+use crate::model::Variant;
+use crate::store::db::{self, status, CheckpointRow, JobRow, ModelRow};
+use crate::store::{ArtifactStore, Db};
+use crate::train::{self, checkpoint, Event, RunSpec, TrainConfig, TrainError, WeightsChoice};
+
+/// Name of the manifest file in a dataset's directory; its images are under `files/`.
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FILES_DIR: &str = "files";
+
+/// How often a running job tells the database it is alive (and learns of cancels).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A job whose owner has been silent this long is taken over.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// What the workers share with the HTTP side.
+pub struct JobContext {
+    pub db: Db,
+    pub artifacts: Arc<dyn ArtifactStore>,
+    pub cfg: Arc<ServeConfig>,
+    pub device: candle_core::Device,
+    /// Poked when a job is queued.
+    pub queued: Arc<Notify>,
+    /// Poked when a job event is stored (wakes SSE streams).
+    pub events: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    pub runtime: Handle,
+}
+
+/// Starts `n` worker threads.
+pub fn spawn_workers(ctx: Arc<JobContext>, n: usize) -> std::io::Result<Vec<JoinHandle<()>>> {
+    (0..n)
+        .map(|i| {
+            let ctx = ctx.clone();
+            std::thread::Builder::new().name(format!("job-worker-{i}")).spawn(move || worker_loop(&ctx))
+        })
+        .collect()
+}
+
+fn worker_loop(ctx: &JobContext) {
+    while !ctx.shutdown.is_cancelled() {
+        match ctx.runtime.block_on(ctx.db.claim_job(&ctx.cfg.instance)) {
+            Ok(Some(job)) => {
+                let span = info_span!("job", job_id = %job.id);
+                let _e = span.enter();
+                run_job(ctx, job);
+            }
+            Ok(None) => ctx.runtime.block_on(async {
+                tokio::select! {
+                    _ = ctx.queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.shutdown.cancelled() => {}
+                }
+            }),
+            Err(e) => {
+                warn!(error = %e, "could not claim a job");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Why a run that returned `Cancelled` stopped.
+#[derive(Default)]
+struct StopFlags {
+    /// The user asked (POST /cancel).
+    user: AtomicBool,
+    /// The server is shutting down: hand the job back to the queue.
+    shutdown: AtomicBool,
+}
+
+fn run_job(ctx: &JobContext, job: JobRow) {
+    info!(attempt = job.attempts, resume = job.resume != 0, "job started");
+    let rt = &ctx.runtime;
+    let emit = |seq: &mut i64, kind: &str, data: serde_json::Value| {
+        if let Err(e) = rt.block_on(ctx.db.insert_event(&job.id, *seq, kind, &data.to_string())) {
+            warn!(error = %e, "could not store a job event");
+        }
+        *seq += 1;
+        ctx.events.notify_waiters();
+    };
+    let mut seq = match rt.block_on(ctx.db.next_event_seq(&job.id)) {
+        Ok(s) => s,
+        Err(e) => {
+            // Leave it claimed: the next start of this instance requeues it.
+            error!(error = %e, "could not read the job's events");
+            return;
+        }
+    };
+    emit(&mut seq, "status", json!({"type": "status", "status": status::RUNNING, "attempt": job.attempts}));
+
+    let spec = match prepare(ctx, &job) {
+        Ok(s) => s,
+        Err(msg) => {
+            finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit);
+            return;
+        }
+    };
+    let train_images = train_count(&spec.manifest, &spec.config);
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flags = Arc::new(StopFlags::default());
+    let hb_stop = CancellationToken::new();
+    let hb = rt.spawn(heartbeat(ctx.db.clone(), job.id.clone(), ctx.shutdown.clone(), hb_stop.clone(),
+        cancel.clone(), flags.clone(), Duration::from_secs(ctx.cfg.shutdown_grace_secs)));
+
+    let progress_every = ctx.cfg.progress_every.max(1);
+    let job_dir = ctx.artifacts.job_dir(&job.id);
+    let mut on_event = |ev: Event| {
+        let data = match serde_json::to_value(&ev) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "unserialisable training event");
+                return;
+            }
+        };
+        match &ev {
+            Event::Progress { stage, epoch, epochs, step, steps } => {
+                if step % progress_every != 0 && step != steps {
+                    return;
+                }
+                let r = rt.block_on(ctx.db.set_job_progress(&job.id, &stage_str(*stage), *epoch as i64,
+                    *epochs as i64, *step as i64, *steps as i64));
+                if let Err(e) = r {
+                    warn!(error = %e, "could not store progress");
+                }
+            }
+            Event::Epoch { stage, epoch, epochs, train, validation, seconds } => {
+                info!(stage = %stage_str(*stage), epoch, loss = validation.loss, accuracy = validation.accuracy, "epoch done");
+                if *seconds > 0.0 {
+                    metrics::gauge!("tuneserve_train_images_per_second").set(train_images as f64 / seconds);
+                }
+                let r = rt.block_on(ctx.db.set_job_metrics(&job.id, &stage_str(*stage), *epoch as i64,
+                    *epochs as i64, &json!(train).to_string(), &json!(validation).to_string()));
+                if let Err(e) = r {
+                    warn!(error = %e, "could not store epoch metrics");
+                }
+            }
+            Event::Checkpoint { name, .. } => {
+                if let Err(e) = rt.block_on(sync_checkpoints(&ctx.db, &job.id, &job_dir)) {
+                    warn!(error = %e, checkpoint = %name, "could not record the checkpoints");
+                }
+                // A shutdown waits for this moment: the epoch's work is safe on disk.
+                if flags.shutdown.load(Ordering::Acquire) {
+                    cancel.store(true, Ordering::Release);
+                }
+            }
+            Event::Message { .. } => {}
+        }
+        let kind = data.get("type").and_then(|t| t.as_str()).unwrap_or("message").to_string();
+        emit(&mut seq, &kind, data);
+    };
+
+    let started = Instant::now();
+    // A panic in training must fail the job, not kill the worker and leave
+    // the job `running` forever.
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::run(spec, &mut on_event, &cancel))) {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(TrainError::Cancelled)) => Err(None),
+        Ok(Err(e)) => Err(Some(e.to_string())),
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(Some(format!("training panicked: {}", msg.unwrap_or_default())))
+        }
+    };
+    hb_stop.cancel();
+    let _ = rt.block_on(hb);
+    metrics::histogram!("tuneserve_job_seconds").record(started.elapsed().as_secs_f64());
+
+    match result {
+        Ok(summary) => match rt.block_on(model_for(ctx, &job, &job_dir, &summary)) {
+            Ok((model, result)) => {
+                emit(&mut seq, "status", json!({"type": "status", "status": status::SUCCEEDED,
+                    "model_id": model.id, "checkpoint": summary.best_checkpoint, "validation": summary.validation}));
+                match rt.block_on(ctx.db.publish_model(&model, &ctx.cfg.instance, &result)) {
+                    Ok(true) => {
+                        metrics::counter!("tuneserve_jobs_finished_total", "status" => status::SUCCEEDED).increment(1);
+                        info!(model_id = %model.id, checkpoint = %summary.best_checkpoint,
+                            accuracy = summary.validation.accuracy, "job succeeded; model published");
+                    }
+                    Ok(false) => warn!("job was no longer ours to finish"),
+                    Err(e) => warn!(error = %e, "could not publish the model; the job will be resumed"),
+                }
+            }
+            Err(msg) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
+        },
+        // Err(None): cancelled, by the user or by a shutdown.
+        Err(None) if flags.user.load(Ordering::Acquire) => {
+            finish(ctx, &job, &mut seq, status::CANCELLED, None, None, emit);
+        }
+        Err(None) => {
+            info!("job handed back to the queue for shutdown; it resumes from its last checkpoint");
+            emit(&mut seq, "status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
+            if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.cfg.instance)) {
+                warn!(error = %e, "could not requeue the job; the next start will");
+            }
+        }
+        Err(Some(msg)) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
+    }
+}
+
+/// Stores the terminal event first, then the status, so that a stream that
+/// sees a finished job has already seen its last event.
+fn finish(
+    ctx: &JobContext,
+    job: &JobRow,
+    seq: &mut i64,
+    st: &str,
+    err: Option<&str>,
+    result: Option<&str>,
+    emit: impl Fn(&mut i64, &str, serde_json::Value),
+) {
+    match err {
+        Some(e) => warn!(status = st, error = e, "job ended"),
+        None => info!(status = st, "job ended"),
+    }
+    emit(seq, "status", json!({"type": "status", "status": st, "error": err}));
+    metrics::counter!("tuneserve_jobs_finished_total", "status" => st.to_string()).increment(1);
+    match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.cfg.instance, st, err, result)) {
+        Ok(true) => {}
+        Ok(false) => warn!("job was no longer ours to finish"),
+        Err(e) => warn!(error = %e, "could not store the job's end"),
+    }
+}
+
+/// The model row and stored result for a finished run.
+async fn model_for(
+    ctx: &JobContext,
+    job: &JobRow,
+    job_dir: &std::path::Path,
+    summary: &train::Summary,
+) -> Result<(ModelRow, String), String> {
+    let name = &summary.best_checkpoint;
+    // The last checkpoint event may have been lost to a crash between write
+    // and record, and the trainer prunes superseded ones at the end.
+    sync_checkpoints(&ctx.db, &job.id, job_dir).await?;
+    let ck = ctx
+        .db
+        .find_checkpoint(&job.id, name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("best checkpoint {name} is not recorded"))?;
+    let meta = checkpoint::read_meta(&job_dir.join(name)).map_err(|e| e.to_string())?;
+    let model = ModelRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        job_id: job.id.clone(),
+        checkpoint_id: ck.id,
+        backbone: meta.backbone.as_str().to_string(),
+        variant: variant_str(meta.variant).to_string(),
+        classes: json!(summary.classes).to_string(),
+        image_size: meta.image_size as i64,
+        validation_metrics: json!(summary.validation).to_string(),
+        is_default: 1,
+        created_at: db::now_ms(),
+    };
+    let result = serde_json::to_string(summary).map_err(|e| e.to_string())?;
+    Ok((model, result))
+}
+
+pub fn variant_str(v: Variant) -> &'static str {
+    match v {
+        Variant::Full => "full",
+        Variant::Tiny => "tiny",
+    }
+}
+
+/// Makes the job's checkpoint rows match the complete checkpoints on disk
+/// (meta.json is written last, so a listed one is whole).
+async fn sync_checkpoints(db: &Db, job_id: &str, job_dir: &std::path::Path) -> Result<(), String> {
+    let on_disk = checkpoint::list(job_dir).map_err(|e| e.to_string())?;
+    let known = db.list_checkpoints(job_id).await.map_err(|e| e.to_string())?;
+    for (name, meta) in &on_disk {
+        let row = CheckpointRow {
+            // Keep the id a client may already hold.
+            id: known.iter().find(|k| &k.name == name).map_or_else(|| uuid::Uuid::new_v4().to_string(), |k| k.id.clone()),
+            job_id: job_id.to_string(),
+            name: name.clone(),
+            stage: stage_str(meta.stage),
+            epoch: meta.epoch as i64,
+            train_metrics: json!(meta.train).to_string(),
+            validation_metrics: json!(meta.validation).to_string(),
+            created_at: known.iter().find(|k| &k.name == name).map_or_else(db::now_ms, |k| k.created_at),
+        };
+        db.upsert_checkpoint(&row).await.map_err(|e| e.to_string())?;
+    }
+    let names: Vec<String> = on_disk.into_iter().map(|(n, _)| n).collect();
+    db.retain_checkpoints(job_id, &names).await.map_err(|e| e.to_string())
+}
+
+fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
+    let config: TrainConfig = serde_json::from_str(&job.config).map_err(|e| format!("stored config: {e}"))?;
+    let ds = ctx.artifacts.dataset_dir(&job.dataset_id);
+    let manifest: DatasetManifest = std::fs::read(ds.join(MANIFEST_FILE))
+        .map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("dataset manifest: {e}")))?;
+    let (variant, weights) = match job.variant.as_str() {
+        "tiny" => (Variant::Tiny, WeightsChoice::Seeded),
+        _ => {
+            let w = ctx.cfg.weights_path();
+            if !w.exists() {
+                return Err(format!(
+                    "pretrained weights not found at {}: run `tuneserve weights fetch xception` or pass --weights",
+                    w.display()
+                ));
+            }
+            (Variant::Full, WeightsChoice::Pretrained(w))
+        }
+    };
+    let out_dir: PathBuf = ctx.artifacts.job_dir(&job.id);
+    // Resume whenever an earlier attempt left checkpoints, crash or not.
+    let resume = job.resume != 0 || checkpoint::best(&out_dir).ok().flatten().is_some()
+        || checkpoint::list(&out_dir).map(|l| !l.is_empty()).unwrap_or(false);
+    Ok(RunSpec {
+        config,
+        dataset_root: ds.join(FILES_DIR),
+        manifest,
+        weights,
+        variant,
+        out_dir,
+        resume,
+        device: ctx.device.clone(),
+    })
+}
+
+/// Training images per epoch, for the img/s gauge.
+fn train_count(m: &DatasetManifest, c: &TrainConfig) -> usize {
+    let train = m.samples.iter().filter(|s| s.split == Split::Train).count();
+    if m.has_validation {
+        train
+    } else {
+        (train as f64 * (1.0 - c.validation_split)).round() as usize
+    }
+}
+
+pub fn stage_str(s: train::Stage) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Beats every HEARTBEAT while the job runs; turns a cancel request (from
+/// any process, through the database) or a shutdown into the run's cancel flag.
+async fn heartbeat(
+    db: Db,
+    job_id: String,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    cancel: Arc<AtomicBool>,
+    flags: Arc<StopFlags>,
+    grace: Duration,
+) {
+    let mut shutdown_at: Option<Instant> = None;
+    loop {
+        match db.heartbeat(&job_id).await {
+            Ok(true) => {
+                flags.user.store(true, Ordering::Release);
+                cancel.store(true, Ordering::Release);
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+        if shutdown.is_cancelled() {
+            let at = *shutdown_at.get_or_insert_with(|| {
+                info!(grace_secs = grace.as_secs(), "shutdown: the job stops at its next checkpoint");
+                Instant::now()
+            });
+            flags.shutdown.store(true, Ordering::Release);
+            if at.elapsed() >= grace {
+                cancel.store(true, Ordering::Release);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = shutdown.cancelled(), if shutdown_at.is_none() => {}
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The database: one set of queries for SQLite and PostgreSQL through sqlx's
+//! `Any` driver. Placeholders are `$N` (SQLite accepts them too), integers are
+//! BIGINT (i64), times are unix milliseconds, JSON is TEXT.
+
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, FromRow, Row};
+
+pub use sqlx::Error as DbError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DatasetRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub archive_bytes: i64,
+    pub classes: String,
+    pub counts: String,
+    pub rejected: String,
+    pub has_validation: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub dataset_id: String,
+    pub status: String,
+    pub variant: String,
+    pub config: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub claimed_by: Option<String>,
+    pub resume: i64,
+    pub attempts: i64,
+    pub cancel_requested: i64,
+    pub stage: Option<String>,
+    pub epoch: Option<i64>,
+    pub epochs: Option<i64>,
+    pub step: Option<i64>,
+    pub steps: Option<i64>,
+    pub train_metrics: Option<String>,
+    pub validation_metrics: Option<String>,
+    pub error: Option<String>,
+    pub result: Option<String>,
+    pub model_id: Option<String>,
+}
+
+const JOB_COLS: &str = "id, dataset_id, status, variant, config, created_at, started_at, finished_at, claimed_by, \
+     resume, attempts, cancel_requested, stage, epoch, epochs, step, steps, train_metrics, validation_metrics, \
+     error, result, model_id";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub job_id: String,
+    pub seq: i64,
+    pub created_at: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub job_id: String,
+    pub name: String,
+    pub stage: String,
+    pub epoch: i64,
+    pub train_metrics: String,
+    pub validation_metrics: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ModelRow {
+    pub id: String,
+    pub job_id: String,
+    pub checkpoint_id: String,
+    pub backbone: String,
+    pub variant: String,
+    pub classes: String,
+    pub image_size: i64,
+    pub validation_metrics: String,
+    pub is_default: i64,
+    pub created_at: i64,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its worker will stop it.
+    Requested,
+    /// It had already finished.
+    Finished,
+    NotFound,
+}
+
+/// Statuses a job can be in.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
+    pub const ALL: [&str; 5] = [QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED];
+}
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(DbError::Configuration(
+                format!("unsupported DATABASE_URL scheme in {url:?}: use sqlite:// or postgres://").into(),
+            ));
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            opts = opts.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers go on while a worker writes; the busy
+                    // timeout makes concurrent writers wait instead of failing.
+                    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout=10000").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        } else {
+            opts = opts.max_connections(10);
+        }
+        let pool = opts.connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+
+    // ---- datasets
+
+    pub async fn insert_dataset(&self, d: &DatasetRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO datasets (id, name, created_at, archive_bytes, classes, counts, rejected, has_validation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&d.id)
+        .bind(&d.name)
+        .bind(d.created_at)
+        .bind(d.archive_bytes)
+        .bind(&d.classes)
+        .bind(&d.counts)
+        .bind(&d.rejected)
+        .bind(d.has_validation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRow>, DbError> {
+        sqlx::query_as("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    /// Newest first; `after` is the id of the last item of the previous page.
+    pub async fn list_datasets(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<DatasetRow>>, DbError> {
+        self.page("datasets", "*", after, limit).await
+    }
+
+    /// Deletes the row unless a queued or running job still needs it (then false).
+    pub async fn delete_dataset(&self, id: &str) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "DELETE FROM datasets WHERE id = $1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE dataset_id = $1 AND status IN ('queued', 'running'))",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Keyset paging, newest first, for the tables with (id, created_at).
+    async fn page<T>(&self, table: &str, cols: &str, after: Option<&str>, limit: i64) -> Result<Option<Vec<T>>, DbError>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        let rows = match after {
+            None => {
+                sqlx::query_as(&format!("SELECT {cols} FROM {table} ORDER BY created_at DESC, id DESC LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(after) => {
+                let at: Option<i64> = sqlx::query_scalar(&format!("SELECT created_at FROM {table} WHERE id = $1"))
+                    .bind(after)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(at) = at else { return Ok(None) };
+                sqlx::query_as(&format!(
+                    "SELECT {cols} FROM {table} WHERE created_at < $1 OR (created_at = $1 AND id < $2) \
+                     ORDER BY created_at DESC, id DESC LIMIT $3"
+                ))
+                .bind(at)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(Some(rows))
+    }
+
+    // ---- jobs
+
+    /// Inserts a queued job together with its first event (seq 1, `queued`),
+    /// in one transaction: a worker may claim the job the moment it is
+    /// visible, and its own first event must not race for seq 1.
+    pub async fn insert_job(&self, id: &str, dataset_id: &str, variant: &str, config: &str) -> Result<(), DbError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, dataset_id, status, variant, config, created_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(dataset_id)
+        .bind(variant)
+        .bind(config)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO job_events (job_id, seq, created_at, kind, data) VALUES ($1, 1, $2, 'status', $3)")
+            .bind(id)
+            .bind(now)
+            .bind(r#"{"type":"status","status":"queued"}"#)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobRow>, DbError> {
+        sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<JobRow>>, DbError> {
+        self.page("jobs", JOB_COLS, after, limit).await
+    }
+
+    /// Atomically takes the oldest queued job for `instance`. The single
+    /// UPDATE only succeeds on a row still queued, so two workers never get the
+    /// same job; PostgreSQL additionally skips rows another claimer has locked.
+    pub async fn claim_job(&self, instance: &str) -> Result<Option<JobRow>, DbError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let now = now_ms();
+        let id: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET status = 'running', claimed_by = $1, heartbeat_at = $2, attempts = attempts + 1, \
+             started_at = COALESCE(started_at, $2) \
+             WHERE status = 'queued' AND id = \
+             (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1{lock}) \
+             RETURNING id"
+        ))
+        .bind(instance)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.get_job(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Puts back in the queue, marked for resuming, the jobs this instance was
+    /// running when it stopped, and jobs of other instances whose heartbeat is
+    /// older than `stale_after`.
+    pub async fn requeue_orphans(&self, instance: &str, stale_after: Duration) -> Result<u64, DbError> {
+        let stale = now_ms() - stale_after.as_millis() as i64;
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'queued', resume = 1, claimed_by = NULL \
+             WHERE status = 'running' AND (claimed_by = $1 OR heartbeat_at < $2)",
+        )
+        .bind(instance)
+        .bind(stale)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Records that the worker is alive; returns whether a cancel was requested.
+    pub async fn heartbeat(&self, id: &str) -> Result<bool, DbError> {
+        let c: Option<i64> =
+            sqlx::query_scalar("UPDATE jobs SET heartbeat_at = $2 WHERE id = $1 RETURNING cancel_requested")
+                .bind(id)
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(c.unwrap_or(0) != 0)
+    }
+
+    pub async fn set_job_progress(
+        &self,
+        id: &str,
+        stage: &str,
+        epoch: i64,
+        epochs: i64,
+        step: i64,
+        steps: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE jobs SET stage = $2, epoch = $3, epochs = $4, step = $5, steps = $6 WHERE id = $1")
+            .bind(id)
+            .bind(stage)
+            .bind(epoch)
+            .bind(epochs)
+            .bind(step)
+            .bind(steps)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_job_metrics(
+        &self,
+        id: &str,
+        stage: &str,
+        epoch: i64,
+        epochs: i64,
+        train: &str,
+        validation: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE jobs SET stage = $2, epoch = $3, epochs = $4, train_metrics = $5, validation_metrics = $6 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(stage)
+        .bind(epoch)
+        .bind(epochs)
+        .bind(train)
+        .bind(validation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a running job. Only the instance that holds it can end it.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        instance: &str,
+        status: &str,
+        error: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = $3, error = $4, result = $5, finished_at = $6 \
+             WHERE id = $1 AND claimed_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(instance)
+        .bind(status)
+        .bind(error)
+        .bind(result)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Hands a running job back to the queue, to be resumed (on shutdown).
+    pub async fn requeue_job(&self, id: &str, instance: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', resume = 1, claimed_by = NULL \
+             WHERE id = $1 AND claimed_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<CancelOutcome, DbError> {
+        let r = sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = $2 WHERE id = $1 AND status = 'queued'")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 1 {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        let r = sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 1 {
+            return Ok(CancelOutcome::Requested);
+        }
+        Ok(match self.get_job(id).await? {
+            Some(_) => CancelOutcome::Finished,
+            None => CancelOutcome::NotFound,
+        })
+    }
+
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?))).collect()
+    }
+
+    // ---- events
+
+    pub async fn next_event_seq(&self, job_id: &str) -> Result<i64, DbError> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM job_events WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(max.unwrap_or(0) + 1)
+    }
+
+    pub async fn insert_event(&self, job_id: &str, seq: i64, kind: &str, data: &str) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO job_events (job_id, seq, created_at, kind, data) VALUES ($1, $2, $3, $4, $5)")
+            .bind(job_id)
+            .bind(seq)
+            .bind(now_ms())
+            .bind(kind)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Oldest first, after sequence number `after`.
+    pub async fn list_events(&self, job_id: &str, after: i64, limit: i64) -> Result<Vec<EventRow>, DbError> {
+        sqlx::query_as(
+            "SELECT job_id, seq, created_at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    // ---- checkpoints
+
+    /// Inserts or refreshes (a resumed job may rewrite a checkpoint).
+    pub async fn upsert_checkpoint(&self, c: &CheckpointRow) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (id, job_id, name, stage, epoch, train_metrics, validation_metrics, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (job_id, name) DO UPDATE SET stage = excluded.stage, epoch = excluded.epoch, \
+             train_metrics = excluded.train_metrics, validation_metrics = excluded.validation_metrics, \
+             created_at = excluded.created_at",
+        )
+        .bind(&c.id)
+        .bind(&c.job_id)
+        .bind(&c.name)
+        .bind(&c.stage)
+        .bind(c.epoch)
+        .bind(&c.train_metrics)
+        .bind(&c.validation_metrics)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the job's checkpoints not named in `keep` (the trainer prunes
+    /// superseded ones from disk).
+    pub async fn retain_checkpoints(&self, job_id: &str, keep: &[String]) -> Result<(), DbError> {
+        for c in self.list_checkpoints(job_id).await? {
+            if !keep.contains(&c.name) {
+                sqlx::query("DELETE FROM checkpoints WHERE id = $1").bind(&c.id).execute(&self.pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list_checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>, DbError> {
+        sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 ORDER BY created_at, name")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    pub async fn get_checkpoint(&self, id: &str) -> Result<Option<CheckpointRow>, DbError> {
+        sqlx::query_as("SELECT * FROM checkpoints WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn find_checkpoint(&self, job_id: &str, name: &str) -> Result<Option<CheckpointRow>, DbError> {
+        sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 AND name = $2")
+            .bind(job_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    // ---- models
+
+    /// Publishes a succeeded job's model, makes it the default, and marks the
+    /// job succeeded, all in one transaction so a crash leaves neither half.
+    pub async fn publish_model(&self, m: &ModelRow, instance: &str, result: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', result = $3, model_id = $4, finished_at = $5 \
+             WHERE id = $1 AND claimed_by = $2 AND status = 'running'",
+        )
+        .bind(&m.job_id)
+        .bind(instance)
+        .bind(result)
+        .bind(&m.id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO models (id, job_id, checkpoint_id, backbone, variant, classes, image_size, \
+             validation_metrics, is_default, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9)",
+        )
+        .bind(&m.id)
+        .bind(&m.job_id)
+        .bind(&m.checkpoint_id)
+        .bind(&m.backbone)
+        .bind(&m.variant)
+        .bind(&m.classes)
+        .bind(m.image_size)
+        .bind(&m.validation_metrics)
+        .bind(m.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn list_models(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<ModelRow>>, DbError> {
+        self.page("models", "*", after, limit).await
+    }
+
+    pub async fn get_model(&self, id: &str) -> Result<Option<ModelRow>, DbError> {
+        sqlx::query_as("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+    }
+
+    pub async fn default_model(&self) -> Result<Option<ModelRow>, DbError> {
+        sqlx::query_as("SELECT * FROM models WHERE is_default = 1 ORDER BY created_at DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn set_default_model(&self, id: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM models WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1 AND id <> $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE models SET is_default = 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

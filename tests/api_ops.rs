@@ -1,0 +1,222 @@
+//! Operations and service behaviour: health, readiness, metrics, OpenAPI and
+//! docs, request ids, the prediction queue's 429, job claiming by several
+//! workers, cancel, graceful shutdown with resume, dataset layouts.
+
+mod api_common;
+
+use std::time::Duration;
+
+use api_common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_metrics_openapi_docs() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let (s, v) = srv.get("/health").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "ok"})));
+    let (s, v) = srv.get("/ready").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["database"], "ok");
+
+    let r = srv.client.get(srv.url("/health")).send().await.unwrap();
+    let rid = r.headers().get("x-request-id").expect("request id").to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 36);
+    let r = srv.client.get(srv.url("/health")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers().get("x-request-id").unwrap(), "abc-123");
+
+    let _ = srv.get("/v1/datasets").await;
+    let m = srv.client.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("tuneserve_http_requests_total"), "{m}");
+    assert!(m.contains("route=\"/v1/datasets\""), "{m}");
+    assert!(m.contains("tuneserve_jobs{status=\"queued\"}"), "{m}");
+
+    let (s, doc) = srv.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in ["/v1/datasets", "/v1/jobs/{id}/events", "/v1/predict", "/v1/checkpoints/{id}/download", "/ready"] {
+        assert!(doc["paths"][p].is_object(), "{p} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    let html = srv.client.get(srv.url("/docs")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("/openapi.json") && !html.contains("https://"), "docs page must be self-contained");
+
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_not_allowed_has_error_shape() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let r = srv.client.put(srv.url("/v1/datasets")).send().await.unwrap();
+    assert_error(&json_of(r).await, 405, "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_queue_gives_429_with_retry_after() {
+    // A queue of 2 images and a long batching wait: the queue stays full
+    // while the first batch gathers, so most concurrent requests are refused.
+    let srv = TestServer::start_with(Db::Sqlite, |c| {
+        c.predict_max_queue = 2;
+        c.predict_max_wait_ms = 1500;
+    })
+    .await;
+    let ds = srv.good_dataset().await;
+    let job = srv.create_tiny_job(&ds, 1, 0).await;
+    assert_eq!(srv.wait_job(&job, Duration::from_secs(300)).await["status"], "succeeded");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let c = srv.client.clone();
+        let url = srv.url("/v1/predict");
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).header("content-type", "image/png").body(image_bytes(true, i, false)).send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (json_of(r).await, retry)
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        let (got, retry) = t.await.unwrap();
+        if got.0 == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_error(&got, 429, "queue_full");
+            assert_eq!(retry.as_deref(), Some("1"));
+            busy += 1;
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    // Once drained, it serves again.
+    let (s, _) = srv.post_bytes("/v1/predict", "image/png", image_bytes(false, 1, false)).await;
+    assert_eq!(s, StatusCode::OK);
+    let m = srv.client.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("tuneserve_predict_rejected_total"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_layouts() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    // Plain class folders, no split.
+    let e: Vec<_> = (0..3)
+        .flat_map(|i| [(format!("bright/{i}.png"), image_bytes(true, i, false)), (format!("dark/{i}.png"), image_bytes(false, i, false))])
+        .collect();
+    let (s, v) = srv.upload_zip(zip_of(&e)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["has_validation"], json!(false));
+    assert_eq!(v["counts"][1], json!({"class": "dark", "train": 3, "validation": 0}));
+    // Raw tar and tar.gz bodies, wrapped in one top-level folder.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (n, b) in two_class_entries("wrapped/", 3, 2) {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(b.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, n, &b[..]).unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    let (s, v) = srv.post_bytes("/v1/datasets?name=tarred", "application/x-tar", tar.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "tarred");
+    assert_eq!(v["counts"][0], json!({"class": "bright", "train": 3, "validation": 2}));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let (s, v) = srv.post_bytes("/v1/datasets", "application/gzip", gz.finish().unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, list) = srv.get("/v1/datasets?limit=2").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["has_more"], json!(true));
+    let last = list["data"][1]["id"].as_str().unwrap();
+    let (_, rest) = srv.get(&format!("/v1/datasets?after={last}")).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["has_more"], json!(false));
+}
+
+async fn claims_are_exclusive(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(db, dir.path()).await;
+    let store = tuneserve::store::Db::connect(&url).await.unwrap();
+    for i in 0..6 {
+        store.insert_job(&format!("00000000-0000-0000-0000-00000000000{i}"), "d", "tiny", "{}").await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.claim_job(&format!("w{w}")).await.unwrap().map(|j| j.id) }));
+    }
+    let mut got: Vec<String> = Vec::new();
+    for t in tasks {
+        got.extend(t.await.unwrap());
+    }
+    got.sort();
+    let n = got.len();
+    got.dedup();
+    assert_eq!((n, got.len()), (6, 6), "each job claimed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_are_exclusive_sqlite() {
+    claims_are_exclusive(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_are_exclusive_postgres() {
+    claims_are_exclusive(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_queued_and_running_jobs() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let ds = srv.good_dataset().await;
+    // The first job keeps the single worker busy; the second waits queued.
+    let running = srv.create_tiny_job(&ds, 1, 500).await;
+    let queued = srv.create_tiny_job(&ds, 1, 0).await;
+    let (s, j) = srv.post_json(&format!("/v1/jobs/{queued}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["status"], "cancelled");
+    // A dataset used by a running job cannot be deleted.
+    for _ in 0..200 {
+        if srv.get(&format!("/v1/jobs/{running}")).await.1["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = srv.client.delete(srv.url(&format!("/v1/datasets/{ds}"))).send().await.unwrap();
+    assert_error(&json_of(r).await, 409, "dataset_in_use");
+    let (s, j) = srv.post_json(&format!("/v1/jobs/{running}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    let j = srv.wait_job(&running, Duration::from_secs(120)).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
+    let (_, ev) = srv.get(&format!("/v1/jobs/{running}/events?limit=1000")).await;
+    assert_eq!(ev["data"].as_array().unwrap().last().unwrap()["data"]["status"], "cancelled");
+    // The SSE stream of a finished job replays and ends.
+    let events = read_sse(&srv.client, &srv.url(&format!("/v1/jobs/{queued}/events")), Duration::from_secs(10)).await;
+    assert_eq!(events.last().unwrap().1["status"], "cancelled", "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_checkpoints_then_resumes() {
+    let srv = TestServer::start(Db::Sqlite).await;
+    let ds = srv.good_dataset().await;
+    let id = srv.create_tiny_job(&ds, 3, 20).await;
+    // Wait for the first progress, then shut down mid-epoch.
+    for _ in 0..2000 {
+        if srv.get(&format!("/v1/jobs/{id}")).await.1["step"].is_number() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (dir, url) = srv.stop().await;
+    // serve_with returned: the job went back to the queue after a checkpoint.
+    let cks = std::fs::read_dir(dir.path().join("jobs").join(&id))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("meta.json").exists())
+        .count();
+    assert!(cks >= 1, "the running epoch was checkpointed before exit");
+    let cfg = test_config(dir.path(), &url);
+    let srv = TestServer::start_on(dir, url, cfg).await;
+    let j = srv.wait_job(&id, Duration::from_secs(600)).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["attempts"], json!(2), "{j}");
+    let (_, ev) = srv.get(&format!("/v1/jobs/{id}/events?limit=1000")).await;
+    let statuses: Vec<_> = ev["data"].as_array().unwrap().iter().filter(|e| e["type"] == "status").map(|e| e["data"]["status"].clone()).collect();
+    assert_eq!(statuses, [json!("queued"), json!("running"), json!("queued"), json!("running"), json!("succeeded")]);
+}
