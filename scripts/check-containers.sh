@@ -143,7 +143,12 @@ echo "  built in $((SECONDS - build_started))s: $(tail -n 1 "$work/build.log"), 
 # ------------------------------------------------------------------ (c) start
 step "(c) start outside Docker, as the runtime stage does"
 for ((i = 0; i < ${#image_copy[@]}; i += 2)); do
-  install -D -m 0755 "$work/context/${image_copy[i]}" "$work/root${image_copy[i + 1]}"
+  src="$work/context/${image_copy[i]}" dest="$work/root${image_copy[i + 1]}"
+  if [ -d "$src" ]; then
+    mkdir -p "$dest" && cp -R "$src/." "$dest/"
+  else
+    install -D -m 0755 "$src" "$dest"
+  fi || fail "COPY ${image_copy[i]} ${image_copy[i + 1]}: not in the build context"
 done
 for v in "${image_volumes[@]}"; do mkdir -p "$work/root$v"; done
 port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -153,7 +158,8 @@ for k in "${!image_env[@]}"; do
   v="${image_env[$k]}"
   case "$k" in
     TUNESERVE_BIND) v="127.0.0.1:$port" ;;
-    *) for vol in "${image_volumes[@]}"; do [ "$v" = "$vol" ] && v="$work/root$vol"; done ;;
+    *) # Paths the image has (the volume, copied files) move under $work/root.
+      if [[ "$v" == /* ]] && [ -e "$work/root$v" ]; then v="$work/root$v"; fi ;;
   esac
   run_env+=("$k=$v")
 done
@@ -211,13 +217,28 @@ t0=$SECONDS
 start "$work/start1.log" "${weights_env[@]}"
 wait_healthy "$work/start1.log" 120
 echo "  /health 200 after $((SECONDS - t0))s (HEALTHCHECK ${image_healthcheck[*]}, pid $server_pid is tuneserve)"
-if command -v curl >/dev/null; then
-  ready="$(curl -s -w ' HTTP %{http_code}' "http://127.0.0.1:$port/ready" || true)"
-  echo "  /ready: $ready (informational)"
-  # The server must see the weights the entrypoint prepared.
-  if [ -f "$h5" ] && [[ "$ready" == *'"pretrained_weights":false'* ]]; then
-    fail "the server does not find the imported weights (TUNESERVE_WEIGHTS not passed on?)"
-  fi
+# http_get PATH: prints "STATUS BODY".
+http_get() {
+  "$py" - "http://127.0.0.1:$port$1" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+        print(r.status, r.read(4096).decode("utf-8", "replace"))
+except urllib.error.HTTPError as e:
+    print(e.code, e.read(4096).decode("utf-8", "replace"))
+PY
+}
+ready="$(http_get /ready | tr -d '\n')"
+echo "  /ready: $ready (informational)"
+# The server must see the weights the entrypoint prepared.
+if [ -f "$h5" ] && [[ "$ready" == *'"pretrained_weights":false'* ]]; then
+  fail "the server does not find the imported weights (TUNESERVE_WEIGHTS not passed on?)"
+fi
+if [ -n "${image_env[TUNESERVE_STATIC_DIR]:-}" ]; then
+  page="$(http_get /)"
+  [[ "$page" == 200* ]] && [[ "$page" == *"<html"* || "$page" == *"<!doctype"* || "$page" == *"<!DOCTYPE"* ]] \
+    || fail "GET / does not serve the web page from TUNESERVE_STATIC_DIR (got: ${page:0:120})"
+  echo "  GET / serves the web page from ${image_env[TUNESERVE_STATIC_DIR]}"
 fi
 if [ -f "$h5" ]; then
   ls "$data_dir"/weights/mounted-*.safetensors >/dev/null 2>&1 || fail "the mounted .h5 was not imported into the data dir"
