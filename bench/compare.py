@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--iters", default="5")
+    ap.add_argument("--all-peers", action="store_true", help="also PyTorch eager without channels_last")
     a = ap.parse_args()
 
     rows = []
@@ -38,7 +39,8 @@ def main():
         ours[w] = run_json([a.bin, "bench", "--workload", w, "--weights", a.weights, "--iters", a.iters])
     peers = {}
     peer_env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for fw, extra in [("keras", []), ("torch", []), ("torch", ["--channels-last"])]:
+    configs = [("keras", []), ("torch", ["--channels-last"])] + ([("torch", [])] if a.all_peers else [])
+    for fw, extra in configs:
         name = fw + ("-cl" if extra else "")
         for w in ["infer", "latency", "stage1", "stage2"]:
             try:
