@@ -13,11 +13,26 @@ import argparse, json, os, platform, subprocess, sys, tempfile, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+CACHE = {}
+
+
 def run_json(cmd, env=None):
-    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    """Runs one benchmark command; results are kept in --cache so a failed
+    later step does not lose (or re-measure) the earlier ones."""
+    key = " ".join(cmd)
+    if key in CACHE:
+        return CACHE[key]
+    print("$", key, file=sys.stderr, flush=True)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    return json.loads(lines[-1])
+    CACHE[key] = json.loads(lines[-1])
+    if CACHE_FILE:
+        with open(CACHE_FILE, "w") as fh:
+            json.dump(CACHE, fh)
+    return CACHE[key]
+
+
+CACHE_FILE = None
 
 
 def main():
@@ -31,7 +46,12 @@ def main():
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--iters", default="5")
     ap.add_argument("--all-peers", action="store_true", help="also PyTorch eager without channels_last")
+    ap.add_argument("--cache", default=None, help="JSON file keeping finished measurements between runs")
     a = ap.parse_args()
+    global CACHE_FILE
+    CACHE_FILE = a.cache
+    if a.cache and os.path.exists(a.cache):
+        CACHE.update(json.load(open(a.cache)))
 
     rows = []
     ours = {}
