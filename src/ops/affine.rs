@@ -81,12 +81,7 @@ impl CustomOp3 for AffineBackward {
                 let r = ch * n..(ch + 1) * n;
                 let (xr, yr, dyr) = (&x[r.clone()], &y[r.clone()], &dy[r]);
                 let s = <T as num_traits::NumCast>::from(self.scale[ch]).unwrap_or(T::zero());
-                match self.a {
-                    None => dxr.iter_mut().zip(dyr).for_each(|(d, g)| *d = *g * s),
-                    Some(a) => dxr.iter_mut().zip(yr.iter().zip(dyr)).for_each(|(d, (yv, g))| {
-                        *d = if a.passes(*yv) { *g * s } else { T::zero() }
-                    }),
-                }
+                input_grad_row(dxr, yr, dyr, s, self.a);
                 let (ds, dt) = param_sums(xr, yr, dyr, self.a);
                 *sum = (ds.to_f64().unwrap_or(0.0), dt.to_f64().unwrap_or(0.0));
             });
@@ -203,15 +198,7 @@ impl CustomOp3 for AffineInputGrad {
             let scale = slice::<T>(s3, l3)?;
             let mut dx = zeros::<T>(y.len());
             dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(dy.par_chunks(n))).enumerate().for_each(
-                |(ch, (dxr, (yr, dyr)))| {
-                    let s = scale[ch];
-                    match self.a {
-                        None => dxr.iter_mut().zip(dyr).for_each(|(d, g)| *d = *g * s),
-                        Some(a) => dxr.iter_mut().zip(yr.iter().zip(dyr)).for_each(|(d, (yv, g))| {
-                            *d = if a.passes(*yv) { *g * s } else { T::zero() }
-                        }),
-                    }
-                },
+                |(ch, (dxr, (yr, dyr)))| input_grad_row(dxr, yr, dyr, scale[ch], self.a),
             );
             output(dx, l1.shape().clone())
         })
@@ -314,4 +301,12 @@ fn param_sums<T: CpuElem>(x: &[T], y: &[T], dy: &[T], a: Option<Act>) -> (T, T) 
         t += g;
     }
     (s, t)
+}
+
+/// dx = dy * scale where the activation passed (judged from its output y), else 0.
+fn input_grad_row<T: CpuElem>(dx: &mut [T], y: &[T], dy: &[T], s: T, a: Option<Act>) {
+    match a {
+        None => dx.iter_mut().zip(dy).for_each(|(d, g)| *d = *g * s),
+        Some(a) => dx.iter_mut().zip(y.iter().zip(dy)).for_each(|(d, (yv, g))| *d = if a.passes(*yv) { *g * s } else { T::zero() }),
+    }
 }

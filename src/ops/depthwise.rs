@@ -154,22 +154,7 @@ fn window_sum_s1<T: CpuElem>(
     pre: Option<(T, T, Option<Act>)>,
 ) {
     let wp = out_w + k - 1;
-    let hp = out_h + k - 1;
-    scratch.clear();
-    scratch.resize(hp * wp + k, T::zero());
-    for r in 0..sh {
-        let pr = r + pad_top;
-        if pr >= hp {
-            break;
-        }
-        let n = sw.min(wp.saturating_sub(pad_left));
-        let (d, s) = (&mut scratch[pr * wp + pad_left..pr * wp + pad_left + n], &src[r * sw..r * sw + n]);
-        match pre {
-            None => d.copy_from_slice(s),
-            Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
-            Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
-        }
-    }
+    pad_into(scratch, src, (sh, sw), (out_h + k - 1, wp), (pad_top, pad_left), k, pre);
     let n = out_h * wp;
     acc.clear();
     acc.resize(n, T::zero());
@@ -192,6 +177,35 @@ fn window_sum_s1<T: CpuElem>(
     }
     for i in 0..out_h {
         dst[i * out_w..(i + 1) * out_w].copy_from_slice(&acc[i * wp..i * wp + out_w]);
+    }
+}
+
+/// Lays a (sh x sw) plane into a zeroed (hp x wp) buffer at (pad_top, pad_left),
+/// with k spare elements at the end so every shifted tap slice stays in bounds;
+/// `pre` applies a per-channel affine + activation on the way (fused BatchNorm).
+fn pad_into<T: CpuElem>(
+    buf: &mut Vec<T>,
+    src: &[T],
+    (sh, sw): (usize, usize),
+    (hp, wp): (usize, usize),
+    (pad_top, pad_left): (usize, usize),
+    k: usize,
+    pre: Option<(T, T, Option<Act>)>,
+) {
+    buf.clear();
+    buf.resize(hp * wp + k, T::zero());
+    for r in 0..sh {
+        let pr = r + pad_top;
+        if pr >= hp {
+            break;
+        }
+        let n = sw.min(wp.saturating_sub(pad_left));
+        let (d, s) = (&mut buf[pr * wp + pad_left..pr * wp + pad_left + n], &src[r * sw..r * sw + n]);
+        match pre {
+            None => d.copy_from_slice(s),
+            Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
+            Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
+        }
     }
 }
 
@@ -218,17 +232,7 @@ fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
 fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
     let k = g.k;
     let wp = g.out_w + k - 1;
-    let hp = g.out_h + k - 1;
-    xs.clear();
-    xs.resize(hp * wp + k, T::zero());
-    for r in 0..g.in_h {
-        let pr = r + g.pad_top;
-        if pr >= hp {
-            break;
-        }
-        let n = g.in_w.min(wp.saturating_sub(g.pad_left));
-        xs[pr * wp + g.pad_left..pr * wp + g.pad_left + n].copy_from_slice(&x[r * g.in_w..r * g.in_w + n]);
-    }
+    pad_into(xs, x, (g.in_h, g.in_w), (g.out_h + k - 1, wp), (g.pad_top, g.pad_left), k, None);
     let n = g.out_h * wp;
     dys.clear();
     dys.resize(n, T::zero());
