@@ -23,6 +23,13 @@ pub struct ServeConfig {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Where datasets and checkpoints are shared between processes:
+    /// s3://bucket/prefix (S3 settings from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) or
+    /// file:///shared/dir; default: the data directory, for this process only.
+    #[arg(long, env = "TUNESERVE_ARTIFACTS")]
+    pub artifacts: Option<String>,
+
     /// Device for training and prediction: auto (CUDA when built with it and
     /// present), cpu, cuda or cuda:N.
     #[arg(long, env = "TUNESERVE_DEVICE", default_value = "auto")]
@@ -66,10 +73,17 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// Name of this process among workers sharing one database; jobs it had
-    /// claimed and finds `running` at start are resumed.
-    #[arg(long, env = "TUNESERVE_INSTANCE", default_value = "local")]
-    pub instance: String,
+    /// Name of this process among processes sharing one database; jobs it had
+    /// claimed and finds `running` at start are resumed at once. Default:
+    /// `<hostname>:<data dir>`, so a restart keeps its name and two processes
+    /// (or containers) never share one.
+    #[arg(long, env = "TUNESERVE_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// A running job whose process has not sent a heartbeat for this many
+    /// seconds is taken over by another worker (resuming from its last checkpoint).
+    #[arg(long, env = "TUNESERVE_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
 
     /// Most images run through the model in one batch.
     #[arg(long, env = "TUNESERVE_PREDICT_MAX_BATCH", default_value_t = 32)]
@@ -125,6 +139,23 @@ impl ServeConfig {
 
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits { max_pixels: self.max_image_pixels, max_dimension: self.max_image_dimension }
+    }
+
+    pub fn instance_name(&self) -> String {
+        if let Some(i) = &self.instance {
+            return i.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        format!("{host}:{}", dir.display())
+    }
+
+    pub fn lease(&self) -> Duration {
+        // At least two heartbeats, or a live worker would lose its job.
+        Duration::from_secs(self.lease_secs.max(5))
     }
 
     pub fn predict_max_wait(&self) -> Duration {

@@ -5,6 +5,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// Why the service (or a worker process) could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] crate::store::ArtifactError),
+}
+
 /// An error as the API reports it. `code` is a stable machine-readable
 /// snake_case name; `message` is for people.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +135,18 @@ impl From<serde_json::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::store::ArtifactError> for ApiError {
+    fn from(e: crate::store::ArtifactError) -> Self {
+        use crate::store::ArtifactError as E;
+        match e {
+            E::Missing(_) => Self::not_found("artifact_missing", e.to_string()),
+            // The shared store is down or unreachable: worth retrying.
+            E::Remote(_) => Self { retry_after: Some(5), ..Self::unavailable("artifact_store_unavailable", e.to_string()) },
+            E::Io(_) | E::Config(_) => Self::internal(e.to_string()),
+        }
+    }
+}
 
 impl From<crate::data::ingest::IngestError> for ApiError {
     fn from(e: crate::data::ingest::IngestError) -> Self {

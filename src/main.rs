@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP service.
     Serve(tuneserve::cli::serve::ServeArgs),
+    /// Run training jobs from a shared database and artifact store (no HTTP).
+    Worker(tuneserve::cli::worker::WorkerArgs),
     /// Train the two-stage recipe on a dataset folder or archive.
     Train(tuneserve::cli::train::TrainArgs),
     /// Predict images with a trained checkpoint.
@@ -29,8 +31,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
-    // `serve` sets up its own logging (it has a JSON option).
-    if !matches!(command, Command::Serve(_)) {
+    // `serve` and `worker` set up its own logging (it has a JSON option).
+    if !matches!(command, Command::Serve(_) | Command::Worker(_)) {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
             .with_writer(std::io::stderr)
@@ -38,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     }
     match command {
         Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
+        Command::Worker(a) => Ok(tuneserve::cli::worker::run(a)?),
         Command::Train(a) => tuneserve::cli::train::run(a),
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),

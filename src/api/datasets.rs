@@ -140,9 +140,14 @@ pub async fn create(
         rejected: serde_json::to_string(&manifest.rejected)?,
         has_validation: manifest.has_validation as i64,
     };
-    if let Err(e) = st.db.insert_dataset(&row).await {
-        let _ = st.artifacts.remove_dataset(&id);
-        return Err(e.into());
+    // Shared before it is listed: any worker can then fetch what a job names.
+    let published = match st.artifacts.publish_dataset(&id).await {
+        Ok(()) => st.db.insert_dataset(&row).await.map_err(ApiError::from),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = published {
+        let _ = st.artifacts.remove_dataset(&id).await;
+        return Err(e);
     }
     metrics::counter!("tuneserve_datasets_created_total").increment(1);
     Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true)?)))
@@ -233,7 +238,6 @@ pub async fn delete(State(st): State<SharedState>, UrlPath(id): UrlPath<String>)
     if !st.db.delete_dataset(&id).await? {
         return Err(ApiError::conflict("dataset_in_use", "a queued or running job uses this dataset; cancel it first"));
     }
-    let artifacts = st.artifacts.clone();
-    tokio::task::spawn_blocking(move || artifacts.remove_dataset(&id)).await??;
+    st.artifacts.remove_dataset(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

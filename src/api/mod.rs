@@ -28,11 +28,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::jobs::{spawn_workers, JobContext, STALE_AFTER};
+use crate::jobs::JobContext;
 use crate::serve::batcher::BatchLimits;
 use crate::serve::registry::Registry;
-use crate::store::{ArtifactStore, Db, LocalArtifacts};
+use crate::store::{open_artifacts, ArtifactStore, Db};
 
+pub use crate::error::ServeError;
 pub use ops::ApiDoc;
 
 /// What the handlers share.
@@ -49,15 +50,6 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// The process-wide Prometheus recorder (one per process, however many
 /// servers a test starts).
@@ -87,7 +79,9 @@ pub async fn serve_with(
     std::fs::create_dir_all(&cfg.data_dir)?;
     let device = cfg.candle_device().map_err(ServeError::Config)?;
     let db = Db::connect(&cfg.database_url()).await?;
-    let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifacts::new(&cfg.data_dir)?);
+    let artifacts = open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
+    let instance = cfg.instance_name();
+    tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, "starting");
     let limits = BatchLimits {
         max_batch: cfg.predict_max_batch.max(1),
         max_wait: cfg.predict_max_wait(),
@@ -105,21 +99,18 @@ pub async fn serve_with(
         shutdown: token.clone(),
     });
 
-    let resumed = db.requeue_orphans(&cfg.instance, STALE_AFTER).await?;
-    if resumed > 0 {
-        tracing::info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
-    }
     let ctx = Arc::new(JobContext {
         db: db.clone(),
         artifacts,
         cfg: cfg.clone(),
+        instance,
         device,
         queued: state.jobs_queued.clone(),
         events: state.job_events.clone(),
         shutdown: token.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
-    let workers = spawn_workers(ctx, cfg.workers)?;
+    let workers = crate::jobs::start(ctx, cfg.workers).await?;
 
     // Load the default model in the background so /ready turns green once it is in memory.
     let warm = state.clone();

@@ -66,7 +66,7 @@ pub async fn checkpoint(State(st): State<SharedState>, UrlPath(id): UrlPath<Stri
 pub async fn download(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
     check_id("checkpoint", &id)?;
     let row = st.db.get_checkpoint(&id).await?.ok_or_else(|| not_found("checkpoint", &id))?;
-    let dir = st.artifacts.job_dir(&row.job_id).join(&row.name);
+    let dir = st.artifacts.fetch_checkpoint(&row.job_id, &row.name).await?;
     let staging = st.artifacts.staging_dir();
     // The tar is built in a temporary file and streamed: weights can be large.
     let file = tokio::task::spawn_blocking(move || -> ApiResult<std::fs::File> {

@@ -37,7 +37,7 @@ async fn serve(args: ServeArgs) -> Result<(), crate::api::ServeError> {
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

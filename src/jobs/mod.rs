@@ -1,9 +1,12 @@
 //! Training jobs: worker threads (never the async runtime) claim queued jobs
 //! from the database, run the two-stage recipe, and persist its events,
-//! checkpoints and outcome. Several processes can share one PostgreSQL: the
-//! claim is atomic, and each process resumes at start the jobs it had
-//! claimed (or whose owner stopped sending heartbeats).
+//! checkpoints and outcome. Several processes (`serve` replicas and `worker`s)
+//! can share one PostgreSQL and one artifact store: the claim is atomic, a
+//! job's holder renews its lease with heartbeats, and a job whose holder went
+//! silent is queued again and resumed by any worker from its last published
+//! checkpoint. The holder that lost its lease stops at once.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use tracing::{error, info, info_span, warn};
 use crate::config::ServeConfig;
 use crate::data::dataset::{DatasetManifest, Split};
 use crate::model::Variant;
-use crate::store::db::{self, status, CheckpointRow, JobRow, ModelRow};
+use crate::store::db::{self, status, CheckpointRow, JobRow, Lease, ModelRow};
 use crate::store::{ArtifactStore, Db};
 use crate::train::{self, checkpoint, Event, RunSpec, TrainConfig, TrainError, WeightsChoice};
 
@@ -29,14 +32,14 @@ pub const FILES_DIR: &str = "files";
 
 /// How often a running job tells the database it is alive (and learns of cancels).
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// A job whose owner has been silent this long is taken over.
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// What the workers share with the HTTP side.
 pub struct JobContext {
     pub db: Db,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub cfg: Arc<ServeConfig>,
+    /// This process's name in `jobs.claimed_by`.
+    pub instance: String,
     pub device: candle_core::Device,
     /// Poked when a job is queued.
     pub queued: Arc<Notify>,
@@ -46,8 +49,38 @@ pub struct JobContext {
     pub runtime: Handle,
 }
 
-/// Starts `n` worker threads.
-pub fn spawn_workers(ctx: Arc<JobContext>, n: usize) -> std::io::Result<Vec<JoinHandle<()>>> {
+/// Queues again the jobs this instance left running (they resume from their
+/// last checkpoint), starts the sweeper that does the same for jobs of
+/// silent processes, and `n` worker threads.
+pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>, crate::error::ServeError> {
+    let resumed = ctx.db.requeue_orphans(Some(&ctx.instance), ctx.cfg.lease()).await?;
+    if resumed > 0 {
+        info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
+    }
+    ctx.runtime.spawn(sweep_stale(ctx.clone()));
+    Ok(spawn_workers(ctx, n)?)
+}
+
+/// Every half lease, requeues running jobs whose holder stopped beating.
+async fn sweep_stale(ctx: Arc<JobContext>) {
+    let every = ctx.cfg.lease() / 2;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match ctx.db.requeue_orphans(None, ctx.cfg.lease()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                warn!(jobs = n, "took over jobs whose worker stopped sending heartbeats; they resume from their last checkpoint");
+                ctx.queued.notify_waiters();
+            }
+            Err(e) => warn!(error = %e, "could not look for abandoned jobs"),
+        }
+    }
+}
+
+fn spawn_workers(ctx: Arc<JobContext>, n: usize) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..n)
         .map(|i| {
             let ctx = ctx.clone();
@@ -58,7 +91,7 @@ pub fn spawn_workers(ctx: Arc<JobContext>, n: usize) -> std::io::Result<Vec<Join
 
 fn worker_loop(ctx: &JobContext) {
     while !ctx.shutdown.is_cancelled() {
-        match ctx.runtime.block_on(ctx.db.claim_job(&ctx.cfg.instance)) {
+        match ctx.runtime.block_on(ctx.db.claim_job(&ctx.instance)) {
             Ok(Some(job)) => {
                 let span = info_span!("job", job_id = %job.id);
                 let _e = span.enter();
@@ -86,6 +119,8 @@ struct StopFlags {
     user: AtomicBool,
     /// The server is shutting down: hand the job back to the queue.
     shutdown: AtomicBool,
+    /// Another worker took the job over: leave it alone.
+    lost: AtomicBool,
 }
 
 fn run_job(ctx: &JobContext, job: JobRow) {
@@ -108,7 +143,7 @@ fn run_job(ctx: &JobContext, job: JobRow) {
     };
     emit(&mut seq, "status", json!({"type": "status", "status": status::RUNNING, "attempt": job.attempts}));
 
-    let spec = match prepare(ctx, &job) {
+    let spec = match rt.block_on(prepare(ctx, &job)) {
         Ok(s) => s,
         Err(msg) => {
             finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit);
@@ -120,11 +155,22 @@ fn run_job(ctx: &JobContext, job: JobRow) {
     let cancel = Arc::new(AtomicBool::new(false));
     let flags = Arc::new(StopFlags::default());
     let hb_stop = CancellationToken::new();
-    let hb = rt.spawn(heartbeat(ctx.db.clone(), job.id.clone(), ctx.shutdown.clone(), hb_stop.clone(),
-        cancel.clone(), flags.clone(), Duration::from_secs(ctx.cfg.shutdown_grace_secs)));
+    let hb = rt.spawn(heartbeat(
+        ctx.db.clone(),
+        (job.id.clone(), ctx.instance.clone(), job.attempts),
+        ctx.shutdown.clone(),
+        hb_stop.clone(),
+        cancel.clone(),
+        flags.clone(),
+        Duration::from_secs(ctx.cfg.shutdown_grace_secs),
+    ));
 
     let progress_every = ctx.cfg.progress_every.max(1);
     let job_dir = ctx.artifacts.job_dir(&job.id);
+    // Checkpoints already in the shared store (from an earlier attempt or this one).
+    let mut published: HashSet<String> = checkpoint::list(&job_dir)
+        .map(|l| l.into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
     let mut on_event = |ev: Event| {
         let data = match serde_json::to_value(&ev) {
             Ok(v) => v,
@@ -156,8 +202,16 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                 }
             }
             Event::Checkpoint { name, .. } => {
-                if let Err(e) = rt.block_on(sync_checkpoints(&ctx.db, &job.id, &job_dir)) {
-                    warn!(error = %e, checkpoint = %name, "could not record the checkpoints");
+                // Shared first, then recorded: what the database lists, every process can fetch.
+                match rt.block_on(ctx.artifacts.publish_checkpoint(&job.id, name)) {
+                    Ok(()) => {
+                        published.insert(name.clone());
+                        if let Err(e) = rt.block_on(sync_checkpoints(ctx, &job.id, &job_dir, &published)) {
+                            warn!(error = %e, checkpoint = %name, "could not record the checkpoints");
+                        }
+                    }
+                    // Not fatal: the run goes on, and a resume starts from an older checkpoint.
+                    Err(e) => warn!(error = %e, checkpoint = %name, "could not publish the checkpoint"),
                 }
                 // A shutdown waits for this moment: the epoch's work is safe on disk.
                 if flags.shutdown.load(Ordering::Acquire) {
@@ -186,12 +240,16 @@ fn run_job(ctx: &JobContext, job: JobRow) {
     let _ = rt.block_on(hb);
     metrics::histogram!("tuneserve_job_seconds").record(started.elapsed().as_secs_f64());
 
+    if flags.lost.load(Ordering::Acquire) {
+        warn!("another worker took this job over (this one missed its heartbeats); stopped without touching it");
+        return;
+    }
     match result {
-        Ok(summary) => match rt.block_on(model_for(ctx, &job, &job_dir, &summary)) {
+        Ok(summary) => match rt.block_on(model_for(ctx, &job, &job_dir, &summary, &mut published)) {
             Ok((model, result)) => {
                 emit(&mut seq, "status", json!({"type": "status", "status": status::SUCCEEDED,
                     "model_id": model.id, "checkpoint": summary.best_checkpoint, "validation": summary.validation}));
-                match rt.block_on(ctx.db.publish_model(&model, &ctx.cfg.instance, &result)) {
+                match rt.block_on(ctx.db.publish_model(&model, &ctx.instance, &result)) {
                     Ok(true) => {
                         metrics::counter!("tuneserve_jobs_finished_total", "status" => status::SUCCEEDED).increment(1);
                         info!(model_id = %model.id, checkpoint = %summary.best_checkpoint,
@@ -210,7 +268,7 @@ fn run_job(ctx: &JobContext, job: JobRow) {
         Err(None) => {
             info!("job handed back to the queue for shutdown; it resumes from its last checkpoint");
             emit(&mut seq, "status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
-            if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.cfg.instance)) {
+            if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.instance)) {
                 warn!(error = %e, "could not requeue the job; the next start will");
             }
         }
@@ -235,7 +293,7 @@ fn finish(
     }
     emit(seq, "status", json!({"type": "status", "status": st, "error": err}));
     metrics::counter!("tuneserve_jobs_finished_total", "status" => st.to_string()).increment(1);
-    match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.cfg.instance, st, err, result)) {
+    match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.instance, st, err, result)) {
         Ok(true) => {}
         Ok(false) => warn!("job was no longer ours to finish"),
         Err(e) => warn!(error = %e, "could not store the job's end"),
@@ -248,11 +306,16 @@ async fn model_for(
     job: &JobRow,
     job_dir: &std::path::Path,
     summary: &train::Summary,
+    published: &mut HashSet<String>,
 ) -> Result<(ModelRow, String), String> {
     let name = &summary.best_checkpoint;
-    // The last checkpoint event may have been lost to a crash between write
-    // and record, and the trainer prunes superseded ones at the end.
-    sync_checkpoints(&ctx.db, &job.id, job_dir).await?;
+    // The best checkpoint's publication may have failed or been lost to a
+    // crash, and the trainer prunes superseded ones at the end.
+    if !published.contains(name) {
+        ctx.artifacts.publish_checkpoint(&job.id, name).await.map_err(|e| format!("publishing checkpoint {name}: {e}"))?;
+        published.insert(name.clone());
+    }
+    sync_checkpoints(ctx, &job.id, job_dir, published).await?;
     let ck = ctx
         .db
         .find_checkpoint(&job.id, name)
@@ -283,10 +346,18 @@ pub fn variant_str(v: Variant) -> &'static str {
     }
 }
 
-/// Makes the job's checkpoint rows match the complete checkpoints on disk
-/// (meta.json is written last, so a listed one is whole).
-async fn sync_checkpoints(db: &Db, job_id: &str, job_dir: &std::path::Path) -> Result<(), String> {
-    let on_disk = checkpoint::list(job_dir).map_err(|e| e.to_string())?;
+/// Makes the job's checkpoint rows (and the shared store) match the complete
+/// checkpoints on disk that are published (meta.json is written last, so a
+/// listed one is whole).
+async fn sync_checkpoints(
+    ctx: &JobContext,
+    job_id: &str,
+    job_dir: &std::path::Path,
+    published: &HashSet<String>,
+) -> Result<(), String> {
+    let db = &ctx.db;
+    let mut on_disk = checkpoint::list(job_dir).map_err(|e| e.to_string())?;
+    on_disk.retain(|(name, _)| published.contains(name));
     let known = db.list_checkpoints(job_id).await.map_err(|e| e.to_string())?;
     for (name, meta) in &on_disk {
         let row = CheckpointRow {
@@ -303,12 +374,13 @@ async fn sync_checkpoints(db: &Db, job_id: &str, job_dir: &std::path::Path) -> R
         db.upsert_checkpoint(&row).await.map_err(|e| e.to_string())?;
     }
     let names: Vec<String> = on_disk.into_iter().map(|(n, _)| n).collect();
-    db.retain_checkpoints(job_id, &names).await.map_err(|e| e.to_string())
+    db.retain_checkpoints(job_id, &names).await.map_err(|e| e.to_string())?;
+    ctx.artifacts.retain_checkpoints(job_id, &names).await.map_err(|e| e.to_string())
 }
 
-fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
+async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
     let config: TrainConfig = serde_json::from_str(&job.config).map_err(|e| format!("stored config: {e}"))?;
-    let ds = ctx.artifacts.dataset_dir(&job.dataset_id);
+    let ds = ctx.artifacts.fetch_dataset(&job.dataset_id).await.map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))?;
     let manifest: DatasetManifest = std::fs::read(ds.join(MANIFEST_FILE))
         .map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("dataset manifest: {e}")))?;
@@ -325,7 +397,9 @@ fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
             (Variant::Full, WeightsChoice::Pretrained(w))
         }
     };
-    let out_dir: PathBuf = ctx.artifacts.job_dir(&job.id);
+    // An earlier attempt may have run elsewhere: bring its checkpoints here.
+    let out_dir: PathBuf =
+        ctx.artifacts.fetch_job(&job.id).await.map_err(|e| format!("fetching the job's checkpoints: {e}"))?;
     // Resume whenever an earlier attempt left checkpoints, crash or not.
     let resume = job.resume != 0 || checkpoint::best(&out_dir).ok().flatten().is_some()
         || checkpoint::list(&out_dir).map(|l| !l.is_empty()).unwrap_or(false);
@@ -359,7 +433,7 @@ pub fn stage_str(s: train::Stage) -> String {
 /// any process, through the database) or a shutdown into the run's cancel flag.
 async fn heartbeat(
     db: Db,
-    job_id: String,
+    (job_id, instance, attempt): (String, String, i64),
     shutdown: CancellationToken,
     stop: CancellationToken,
     cancel: Arc<AtomicBool>,
@@ -368,12 +442,17 @@ async fn heartbeat(
 ) {
     let mut shutdown_at: Option<Instant> = None;
     loop {
-        match db.heartbeat(&job_id).await {
-            Ok(true) => {
+        match db.heartbeat(&job_id, &instance, attempt).await {
+            Ok(Lease::Held { cancel_requested: true }) => {
                 flags.user.store(true, Ordering::Release);
                 cancel.store(true, Ordering::Release);
             }
-            Ok(false) => {}
+            Ok(Lease::Held { cancel_requested: false }) => {}
+            Ok(Lease::Lost) => {
+                flags.lost.store(true, Ordering::Release);
+                cancel.store(true, Ordering::Release);
+                return;
+            }
             Err(e) => warn!(error = %e, "heartbeat failed"),
         }
         if shutdown.is_cancelled() {

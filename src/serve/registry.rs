@@ -108,6 +108,9 @@ impl Registry {
         let ck = self.db.get_checkpoint(&row.checkpoint_id).await?.ok_or_else(|| {
             ApiError::unavailable("model_unavailable", format!("model {} lost its checkpoint", row.id))
         })?;
-        Ok(self.artifacts.job_dir(&ck.job_id).join(&ck.name))
+        // Trained by another process perhaps: fetched from the shared store.
+        self.artifacts.fetch_checkpoint(&ck.job_id, &ck.name).await.map_err(|e| {
+            ApiError::unavailable("model_unavailable", format!("model {} could not be fetched: {e}", row.id))
+        })
     }
 }

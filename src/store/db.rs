@@ -24,6 +24,14 @@ pub struct Db {
     backend: Backend,
 }
 
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Held { cancel_requested: bool },
+    /// Another worker took the job over (this one was silent too long) or it ended.
+    Lost,
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -310,10 +318,10 @@ impl Db {
         }
     }
 
-    /// Puts back in the queue, marked for resuming, the jobs this instance was
-    /// running when it stopped, and jobs of other instances whose heartbeat is
-    /// older than `stale_after`.
-    pub async fn requeue_orphans(&self, instance: &str, stale_after: Duration) -> Result<u64, DbError> {
+    /// Puts back in the queue, marked for resuming, the running jobs whose
+    /// heartbeat is older than `stale_after`, and (at start) the jobs
+    /// `instance` was running when it stopped.
+    pub async fn requeue_orphans(&self, instance: Option<&str>, stale_after: Duration) -> Result<u64, DbError> {
         let stale = now_ms() - stale_after.as_millis() as i64;
         let r = sqlx::query(
             "UPDATE jobs SET status = 'queued', resume = 1, claimed_by = NULL \
@@ -326,15 +334,24 @@ impl Db {
         Ok(r.rows_affected())
     }
 
-    /// Records that the worker is alive; returns whether a cancel was requested.
-    pub async fn heartbeat(&self, id: &str) -> Result<bool, DbError> {
-        let c: Option<i64> =
-            sqlx::query_scalar("UPDATE jobs SET heartbeat_at = $2 WHERE id = $1 RETURNING cancel_requested")
-                .bind(id)
-                .bind(now_ms())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(c.unwrap_or(0) != 0)
+    /// Records that the worker still holds the job (this attempt of it) and
+    /// whether a cancel was requested; `Lost` once the job was taken over.
+    pub async fn heartbeat(&self, id: &str, instance: &str, attempt: i64) -> Result<Lease, DbError> {
+        let c: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET heartbeat_at = $2 \
+             WHERE id = $1 AND claimed_by = $3 AND attempts = $4 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(instance)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match c {
+            Some(c) => Lease::Held { cancel_requested: c != 0 },
+            None => Lease::Lost,
+        })
     }
 
     pub async fn set_job_progress(

@@ -3,6 +3,20 @@
 
 pub mod artifacts;
 pub mod db;
+pub mod object;
 
-pub use artifacts::{ArtifactStore, LocalArtifacts};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use artifacts::{ArtifactError, ArtifactStore, LocalArtifacts};
 pub use db::Db;
+pub use object::ObjectArtifacts;
+
+/// The local store, or a shared one when `url` names it (`s3://...`, `file://...`);
+/// `data_dir` holds the working copies either way.
+pub fn open_artifacts(url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn ArtifactStore>, ArtifactError> {
+    Ok(match url {
+        None => Arc::new(LocalArtifacts::new(data_dir)?),
+        Some(u) => Arc::new(ObjectArtifacts::open(u, data_dir)?),
+    })
+}
