@@ -168,12 +168,15 @@ echo "  env: ${run_env[*]:2}"
 
 healthy() { (cd "$work/root$image_workdir" && "${run_env[@]}" "$work/root${image_healthcheck[0]}" "${image_healthcheck[@]:1}") 2>/dev/null; }
 
-# start LOG [VAR=VALUE...]: the ENTRYPOINT with the CMD, in the image's WORKDIR.
+# start LOG [VAR=VALUE...]: the ENTRYPOINT with the CMD (or $cmd_override,
+# as compose's `command:` does), in the image's WORKDIR.
 start() {
   local log="$1"
   shift
+  local cmd=("${image_cmd[@]}")
+  [ -z "${cmd_override:-}" ] || cmd=("$cmd_override")
   (cd "$work/root$image_workdir" && exec "${run_env[@]}" "$@" \
-    "$work/root${image_entrypoint[0]}" "${image_entrypoint[@]:1}" "${image_cmd[@]}") >"$log" 2>&1 &
+    "$work/root${image_entrypoint[0]}" "${image_entrypoint[@]:1}" "${cmd[@]}") >"$log" 2>&1 &
   server_pid=$!
 }
 
@@ -256,6 +259,23 @@ if [ -f "$h5" ]; then
 fi
 stop "$work/start2.log"
 echo "  restart on the same data dir: healthy after $((SECONDS - t0))s$reused"
+
+# The compose `worker` service: same image, `command: ["worker"]`. No
+# listener to probe, so: it starts, says so, keeps running, stops cleanly.
+cmd_override=worker
+start "$work/worker.log" "${weights_env[@]}"
+cmd_override=
+deadline=$((SECONDS + 60))
+until grep -q "worker starting" "$work/worker.log"; do
+  kill -0 "$server_pid" 2>/dev/null || { tail -n 30 "$work/worker.log"; fail "the worker exited at start (log: $work/worker.log)"; }
+  [ "$SECONDS" -lt "$deadline" ] || { tail -n 30 "$work/worker.log"; fail "the worker did not start within 60s"; }
+  sleep 0.5
+done
+sleep 3
+kill -0 "$server_pid" 2>/dev/null || { tail -n 30 "$work/worker.log"; fail "the worker did not keep running"; }
+[ "$(cat "/proc/$server_pid/comm" 2>/dev/null)" = tuneserve ] || fail "the entrypoint did not exec tuneserve worker"
+stop "$work/worker.log"
+echo "  \`worker\` command: started, kept running, stopped cleanly on SIGTERM"
 
 # A first start that must fetch, from a loopback mirror serving a wrong file:
 # the fetch runs, the checksum fails, the container exits non-zero before serving.
