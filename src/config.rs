@@ -85,6 +85,24 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_LEASE_SECS", default_value_t = 60)]
     pub lease_secs: u64,
 
+    /// CPU threads for predictions (0 = one per core).
+    #[arg(long, env = "TUNESERVE_PREDICT_THREADS", default_value_t = 0)]
+    pub predict_threads: usize,
+
+    /// CPU threads for training jobs (0 = one per core).
+    #[arg(long, env = "TUNESERVE_TRAIN_THREADS", default_value_t = 0)]
+    pub train_threads: usize,
+
+    /// How much lower the training threads' OS priority is (nice increment;
+    /// 0 = equal). With the default, /predict keeps its latency while a job trains.
+    #[arg(long, env = "TUNESERVE_TRAIN_NICE", default_value_t = 10)]
+    pub train_nice: i32,
+
+    /// A prediction still waiting after this many milliseconds is dropped
+    /// and answered 503 (deadline_exceeded).
+    #[arg(long, env = "TUNESERVE_PREDICT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub predict_timeout_ms: u64,
+
     /// Most images run through the model in one batch.
     #[arg(long, env = "TUNESERVE_PREDICT_MAX_BATCH", default_value_t = 32)]
     pub predict_max_batch: usize,
@@ -94,7 +112,9 @@ pub struct ServeConfig {
     pub predict_max_wait_ms: u64,
 
     /// Most images waiting for the model; beyond it, 429 with Retry-After.
-    #[arg(long, env = "TUNESERVE_PREDICT_MAX_QUEUE", default_value_t = 512)]
+    /// Four full batches by default: a request never waits much longer than
+    /// four batch times, and overload is answered at once instead.
+    #[arg(long, env = "TUNESERVE_PREDICT_MAX_QUEUE", default_value_t = 128)]
     pub predict_max_queue: usize,
 
     /// Emit a progress event every N training steps.
@@ -156,6 +176,11 @@ impl ServeConfig {
     pub fn lease(&self) -> Duration {
         // At least two heartbeats, or a live worker would lose its job.
         Duration::from_secs(self.lease_secs.max(5))
+    }
+
+    pub fn compute_pools(&self) -> Result<crate::compute::Pools, String> {
+        crate::compute::Pools::new(self.predict_threads, self.train_threads, self.train_nice)
+            .map_err(|e| format!("thread pools: {e}"))
     }
 
     pub fn predict_max_wait(&self) -> Duration {

@@ -5,11 +5,12 @@
 //! - `model`: backbones (Xception, MobileNetV2), heads, weight import.
 //! - `data`: image decoding/preprocessing, datasets.
 //! - `train`: the two-stage recipe, optimiser, loss, checkpoints.
-//! - `store`, `jobs`, `serve`, `api`: the service.
+//! - `store`, `jobs`, `serve`, `api`: the service; `compute`: its CPU thread pools.
 
 pub mod alloc;
 pub mod api;
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod data;
 pub mod error;

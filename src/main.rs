@@ -27,6 +27,8 @@ enum Command {
     Weights(tuneserve::cli::weights::WeightsArgs),
     /// Measure inference and training throughput (JSON line, as bench/peers prints).
     Bench(tuneserve::cli::bench::BenchArgs),
+    /// Load a running server's /v1/predict with N concurrent clients (JSON line per level).
+    Loadtest(tuneserve::cli::loadtest::LoadtestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(a) => tuneserve::cli::embed::run(a),
         Command::Weights(a) => tuneserve::cli::weights::run(a),
         Command::Bench(a) => tuneserve::cli::bench::run(a),
+        Command::Loadtest(a) => tuneserve::cli::loadtest::run(a),
     }
 }

@@ -91,6 +91,34 @@ async fn full_queue_gives_429_with_retry_after() {
     assert!(m.contains("tuneserve_predict_rejected_total"), "{m}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_and_abandoned_predictions_are_dropped() {
+    // The batch gathers for 1.5 s but a request may wait 1 s: it is answered
+    // 503 deadline_exceeded, and the batcher then drops it without running it.
+    let srv = TestServer::start_with(Db::Sqlite, |c| {
+        c.predict_max_wait_ms = 1500;
+        c.predict_timeout_ms = 1000;
+    })
+    .await;
+    let ds = srv.good_dataset().await;
+    let job = srv.create_tiny_job(&ds, 1, 0).await;
+    assert_eq!(srv.wait_job(&job, Duration::from_secs(300)).await["status"], "succeeded");
+    let t0 = std::time::Instant::now();
+    let r = srv.client.post(srv.url("/v1/predict")).header("content-type", "image/png").body(image_bytes(true, 1, false));
+    let r = r.send().await.unwrap();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    assert_error(&json_of(r).await, 503, "deadline_exceeded");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(t0.elapsed() < Duration::from_millis(1450), "answered at the deadline, not after the batch: {:?}", t0.elapsed());
+    // A client that hangs up while waiting: its work is dropped too.
+    let gone = srv.client.post(srv.url("/v1/predict")).header("content-type", "image/png").body(image_bytes(false, 2, false));
+    assert!(gone.timeout(Duration::from_millis(200)).send().await.is_err());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = srv.client.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("tuneserve_predict_dropped_total{reason=\"deadline\"}"), "{m}");
+    assert!(m.contains("tuneserve_predict_dropped_total{reason=\"client_gone\"}"), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_layouts() {
     let srv = TestServer::start(Db::Sqlite).await;

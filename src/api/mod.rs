@@ -86,10 +86,12 @@ pub async fn serve_with(
         max_batch: cfg.predict_max_batch.max(1),
         max_wait: cfg.predict_max_wait(),
         max_queue: cfg.predict_max_queue.max(1),
+        timeout: Duration::from_millis(cfg.predict_timeout_ms.max(1)),
     };
+    let pools = cfg.compute_pools().map_err(ServeError::Config)?;
     let token = shutdown;
     let state = Arc::new(AppState {
-        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits),
+        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits, pools.predict.clone()),
         cfg: cfg.clone(),
         db: db.clone(),
         artifacts: artifacts.clone(),
@@ -105,6 +107,7 @@ pub async fn serve_with(
         cfg: cfg.clone(),
         instance,
         device,
+        train_pool: pools.train.clone(),
         queued: state.jobs_queued.clone(),
         events: state.job_events.clone(),
         shutdown: token.clone(),

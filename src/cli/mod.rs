@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod device;
 pub mod embed;
+pub mod loadtest;
 pub mod predict;
 pub mod serve;
 pub mod train;

@@ -46,6 +46,7 @@ pub async fn work(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), S
     let db = Db::connect(&cfg.database_url()).await?;
     let artifacts = open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
     let instance = cfg.instance_name();
+    let pools = cfg.compute_pools().map_err(ServeError::Config)?;
     tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, workers = cfg.workers.max(1), "worker starting");
     let ctx = Arc::new(JobContext {
         db: db.clone(),
@@ -53,6 +54,7 @@ pub async fn work(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), S
         cfg: cfg.clone(),
         instance,
         device,
+        train_pool: pools.train,
         queued: Arc::new(Notify::new()),
         events: Arc::new(Notify::new()),
         shutdown: shutdown.clone(),

@@ -41,6 +41,8 @@ pub struct JobContext {
     /// This process's name in `jobs.claimed_by`.
     pub instance: String,
     pub device: candle_core::Device,
+    /// Where training runs on the CPU (see `compute`).
+    pub train_pool: Arc<rayon::ThreadPool>,
     /// Poked when a job is queued.
     pub queued: Arc<Notify>,
     /// Poked when a job event is stored (wakes SSE streams).
@@ -227,7 +229,9 @@ fn run_job(ctx: &JobContext, job: JobRow) {
     let started = Instant::now();
     // A panic in training must fail the job, not kill the worker and leave
     // the job `running` forever.
-    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::run(spec, &mut on_event, &cancel))) {
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.train_pool.install(|| train::run(spec, &mut on_event, &cancel))
+    })) {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(TrainError::Cancelled)) => Err(None),
         Ok(Err(e)) => Err(Some(e.to_string())),

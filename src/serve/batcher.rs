@@ -2,7 +2,9 @@
 //! queue up, a dedicated thread takes as many as fit in one batch (up to
 //! `max_batch` images, waiting at most `max_wait` after the first), runs the
 //! model once, and hands each request its share. Admission is bounded by the
-//! number of images waiting; past it callers get 429 with Retry-After.
+//! number of images waiting; past it callers get 429 with Retry-After. Each
+//! request has a deadline; a request whose client went away or whose deadline
+//! passed while it waited is dropped before it costs any compute.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -20,10 +22,13 @@ pub struct BatchLimits {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub max_queue: usize,
+    /// How long a request may wait for its predictions.
+    pub timeout: Duration,
 }
 
 struct Work {
     images: Vec<RgbImage>,
+    deadline: Instant,
     reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
 }
 
@@ -33,17 +38,19 @@ pub struct Batcher {
     tx: mpsc::Sender<Work>,
     depth: Arc<AtomicUsize>,
     max_queue: usize,
+    timeout: Duration,
 }
 
 impl Batcher {
-    pub fn start(model_id: &str, predictor: Predictor, limits: BatchLimits) -> std::io::Result<Self> {
+    /// Starts the model's thread; its batches run on `pool`.
+    pub fn start(model_id: &str, predictor: Predictor, limits: BatchLimits, pool: Arc<rayon::ThreadPool>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let d = depth.clone();
         std::thread::Builder::new()
             .name(format!("predict-{}", &model_id[..model_id.len().min(8)]))
-            .spawn(move || run(predictor, rx, d, limits))?;
-        Ok(Self { tx, depth, max_queue: limits.max_queue })
+            .spawn(move || run(predictor, rx, d, limits, &pool))?;
+        Ok(Self { tx, depth, max_queue: limits.max_queue, timeout: limits.timeout })
     }
 
     /// Queues `images` and waits for their predictions.
@@ -63,14 +70,19 @@ impl Batcher {
         }
         metrics::gauge!("tuneserve_predict_queue_depth").increment(n as f64);
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Work { images, reply }).is_err() {
+        let deadline = Instant::now() + self.timeout;
+        if self.tx.send(Work { images, deadline, reply }).is_err() {
             self.release(n);
             return Err(ApiError::unavailable("model_unavailable", "the model's prediction thread has stopped"));
         }
-        match rx.await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err(ApiError::internal(format!("prediction failed: {e}"))),
-            Err(_) => Err(ApiError::internal("the prediction thread dropped the request")),
+        // If the client goes away, this future is dropped with `rx`, and the
+        // batcher skips the work.
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(Ok(p))) => Ok(p),
+            Ok(Ok(Err(e))) if e == DEADLINE => Err(deadline_exceeded(self.timeout)),
+            Ok(Ok(Err(e))) => Err(ApiError::internal(format!("prediction failed: {e}"))),
+            Ok(Err(_)) => Err(ApiError::internal("the prediction thread dropped the request")),
+            Err(_) => Err(deadline_exceeded(self.timeout)),
         }
     }
 
@@ -80,7 +92,38 @@ impl Batcher {
     }
 }
 
-fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, limits: BatchLimits) {
+const DEADLINE: &str = "deadline";
+
+fn deadline_exceeded(timeout: Duration) -> ApiError {
+    metrics::counter!("tuneserve_predict_dropped_total", "reason" => "deadline").increment(1);
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::unavailable(
+            "deadline_exceeded",
+            format!("the prediction did not finish within {} ms; the server is overloaded, retry shortly", timeout.as_millis()),
+        )
+    }
+}
+
+/// Whether the work is still wanted; if not, it is answered (deadline) or
+/// dropped (client gone) and its queue room released.
+fn still_wanted(w: Work, depth: &AtomicUsize) -> Option<Work> {
+    let gone = w.reply.is_closed();
+    if !gone && Instant::now() < w.deadline {
+        return Some(w);
+    }
+    let n = w.images.len();
+    depth.fetch_sub(n, Ordering::AcqRel);
+    metrics::gauge!("tuneserve_predict_queue_depth").decrement(n as f64);
+    if gone {
+        metrics::counter!("tuneserve_predict_dropped_total", "reason" => "client_gone").increment(1);
+    } else {
+        let _ = w.reply.send(Err(DEADLINE.to_string()));
+    }
+    None
+}
+
+fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, limits: BatchLimits, pool: &rayon::ThreadPool) {
     let mut carry: Option<Work> = None;
     loop {
         let first = match carry.take() {
@@ -90,6 +133,7 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
                 Err(_) => return,
             },
         };
+        let Some(first) = still_wanted(first, &depth) else { continue };
         let deadline = Instant::now() + limits.max_wait;
         let mut n = first.images.len();
         let mut batch = vec![first];
@@ -102,20 +146,31 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
                     break;
                 }
                 Ok(w) => {
-                    n += w.images.len();
-                    batch.push(w);
+                    if let Some(w) = still_wanted(w, &depth) {
+                        n += w.images.len();
+                        batch.push(w);
+                    }
                 }
                 Err(_) => break,
             }
         }
+        // Whoever gave up while the batch gathered costs nothing.
+        let mut batch: Vec<Work> = batch.into_iter().filter_map(|w| still_wanted(w, &depth)).collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let n: usize = batch.iter().map(|w| w.images.len()).sum();
         let started = Instant::now();
         let counts: Vec<usize> = batch.iter().map(|w| w.images.len()).collect();
         let images: Vec<RgbImage> = batch.iter_mut().flat_map(|w| std::mem::take(&mut w.images)).collect();
         // One request larger than max_batch runs in max_batch-sized chunks.
-        let result: Result<Vec<Prediction>, String> = images
-            .chunks(limits.max_batch.max(1))
-            .map(|c| predictor.predict(c).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()
+        let result: Result<Vec<Prediction>, String> = pool
+            .install(|| {
+                images
+                    .chunks(limits.max_batch.max(1))
+                    .map(|c| predictor.predict(c).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map(|v| v.into_iter().flatten().collect::<Vec<_>>())
             .and_then(|v| {
                 if v.len() == n {

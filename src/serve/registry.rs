@@ -25,6 +25,7 @@ pub struct Registry {
     artifacts: Arc<dyn ArtifactStore>,
     device: candle_core::Device,
     limits: BatchLimits,
+    pool: Arc<rayon::ThreadPool>,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
     /// One load at a time: concurrent first requests must not load twice.
     loading: tokio::sync::Mutex<()>,
@@ -34,8 +35,14 @@ pub struct Registry {
 const MAX_LOADED: usize = 3;
 
 impl Registry {
-    pub fn new(db: Db, artifacts: Arc<dyn ArtifactStore>, device: candle_core::Device, limits: BatchLimits) -> Self {
-        Self { db, artifacts, device, limits, loaded: Mutex::new(HashMap::new()), loading: Default::default() }
+    pub fn new(
+        db: Db,
+        artifacts: Arc<dyn ArtifactStore>,
+        device: candle_core::Device,
+        limits: BatchLimits,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Self {
+        Self { db, artifacts, device, limits, pool, loaded: Mutex::new(HashMap::new()), loading: Default::default() }
     }
 
     /// The current default model, loading it if it changed.
@@ -78,6 +85,7 @@ impl Registry {
         let dir = self.checkpoint_dir(&row).await?;
         let device = self.device.clone();
         let limits = self.limits;
+        let pool = self.pool.clone();
         let id = row.id.clone();
         let started = std::time::Instant::now();
         let model = tokio::task::spawn_blocking(move || -> ApiResult<LoadedModel> {
@@ -86,7 +94,7 @@ impl Registry {
             })?;
             let classes = predictor.classes().to_vec();
             let image_size = predictor.image_size();
-            let batcher = Batcher::start(&id, predictor, limits)?;
+            let batcher = Batcher::start(&id, predictor, limits, pool)?;
             Ok(LoadedModel { id, classes, image_size, batcher })
         })
         .await??;
