@@ -119,6 +119,36 @@ async fn late_and_abandoned_predictions_are_dropped() {
     assert!(m.contains("tuneserve_predict_dropped_total{reason=\"client_gone\"}"), "{m}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn predict_answers_while_a_job_trains() {
+    // Training runs on its own (lower-priority) CPU pool, so /predict keeps
+    // answering with the published model while a long job trains.
+    let srv = TestServer::start(Db::Sqlite).await;
+    let ds = srv.good_dataset().await;
+    let first = srv.create_tiny_job(&ds, 1, 0).await;
+    assert_eq!(srv.wait_job(&first, Duration::from_secs(300)).await["status"], "succeeded");
+    let long = srv.create_tiny_job(&ds, 1, 500).await;
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, j) = srv.get(&format!("/v1/jobs/{long}")).await;
+        if j["stage"] == "finetune" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the long job never reached stage 2: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..10 {
+        let (s, v) = srv.post_bytes("/v1/predict", "image/png", image_bytes(i % 2 == 0, i, false)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["predictions"].as_array().map(Vec::len), Some(1), "{v}");
+    }
+    let (_, j) = srv.get(&format!("/v1/jobs/{long}")).await;
+    assert_eq!(j["status"], "running", "the job trained on beside the predictions: {j}");
+    let (s, _) = srv.post_json(&format!("/v1/jobs/{long}/cancel"), json!({})).await;
+    assert!(s.is_success());
+    assert_eq!(srv.wait_job(&long, Duration::from_secs(120)).await["status"], "cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_layouts() {
     let srv = TestServer::start(Db::Sqlite).await;
