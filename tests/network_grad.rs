@@ -35,3 +35,31 @@ fn xception_backward_equals_autograd() {
 fn mobilenet_v2_backward_equals_autograd() {
     compare(BackboneKind::MobilenetV2, 64);
 }
+
+/// Inference fuses BatchNorm/ReLU into the depthwise convolutions and the end
+/// of each residual block into one pass; training records the ops one by one.
+/// Both must give the same features, bit for bit (the fusions keep the
+/// arithmetic and its order).
+fn inference_equals_training_forward(kind: BackboneKind, size: usize) {
+    let dev = Device::Cpu;
+    let bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 11, device: dev.clone() }, false, &dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (3, size, size, 3), &dev).unwrap();
+    let fused = bb.features(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (recorded, _) = bb.forward_train(&x).unwrap();
+    let recorded = recorded.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(fused.len(), recorded.len());
+    assert!(fused.iter().any(|v| *v != 0.0), "all-zero features prove nothing");
+    for (i, (a, b)) in fused.iter().zip(&recorded).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "feature {i}: fused {a} vs recorded {b}");
+    }
+}
+
+#[test]
+fn xception_inference_fusions_change_no_bit() {
+    inference_equals_training_forward(BackboneKind::Xception, 71);
+}
+
+#[test]
+fn mobilenet_v2_inference_fusions_change_no_bit() {
+    inference_equals_training_forward(BackboneKind::MobilenetV2, 64);
+}

@@ -189,7 +189,14 @@ impl Net {
             // (CPU tensors only: the fusion reads scale/shift on the host, which on a
             // GPU would stall the stream at every block; there the kernels run apart.)
             if tape.is_none() && x.device().is_cpu() {
-                if let (Some(pre), Some(Node::Depthwise { w: wi, k, stride, pad })) = (self.pre_affine(&nodes[i])?, nodes.get(i + 1)) {
+                if let Node::Residual { main, shortcut } = &nodes[i] {
+                    if let Some(y) = self.residual_fused(main, shortcut, &x)? {
+                        x = y;
+                        i += 1;
+                        continue;
+                    }
+                }
+                if let (Some(pre), Some(Node::Depthwise { w: wi, k, stride, pad })) = (self.pre_affine(&nodes[i], x.dim(0)?)?, nodes.get(i + 1)) {
                     let (_, _, h, w) = dims4(&x)?;
                     let g = pad.geom(h, w, *k, *stride);
                     x = timed("fwd depthwise+bn", || ops::depthwise_fused(&x, &self.p(*wi), g, pre))?;
@@ -207,8 +214,20 @@ impl Net {
         Ok(x)
     }
 
-    /// The per-channel transform of a BatchNorm or activation node, for fusing.
-    fn pre_affine(&self, node: &Node) -> Result<Option<ops::PreAffine>> {
+    /// The per-channel transform of a BatchNorm or activation node over `c`
+    /// channels, for fusing (an activation is the identity affine: x * 1 + 0
+    /// is exact, so fusing it changes no bit).
+    fn pre_affine(&self, node: &Node, c: usize) -> Result<Option<ops::PreAffine>> {
+        Ok(match node {
+            Node::Act(a) if self.dtype() == DType::F32 => {
+                Some(ops::PreAffine { scale: vec![1.0; c], shift: vec![0.0; c], act: Some(*a) })
+            }
+            _ => self.bn_affine(node)?,
+        })
+    }
+
+    /// A BatchNorm node's transform read on the host (f32 only).
+    fn bn_affine(&self, node: &Node) -> Result<Option<ops::PreAffine>> {
         Ok(match node {
             Node::Bn { gamma, beta, mean, var, eps, act } if self.dtype() == DType::F32 => {
                 let (scale, shift, _) = self.bn_scale_shift(*gamma, *beta, *mean, *var, *eps)?;
@@ -216,6 +235,30 @@ impl Net {
             }
             _ => None,
         })
+    }
+
+    /// Nodes that end in a BatchNorm without activation, as (its transform,
+    /// the nodes before it).
+    fn split_plain_bn<'a>(&self, nodes: &'a [Node]) -> Result<Option<(ops::PreAffine, &'a [Node])>> {
+        match nodes.split_last() {
+            Some((bn @ Node::Bn { act: None, .. }, body)) => Ok(self.bn_affine(bn)?.map(|a| (a, body))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Inference: a residual block whose branches end in BatchNorms without
+    /// activation runs those BatchNorms and the add as one pass. None when the
+    /// block does not have that shape.
+    fn residual_fused(&self, main: &[Node], shortcut: &[Node], x: &Tensor) -> Result<Option<Tensor>> {
+        let Some((main_affine, main_body)) = self.split_plain_bn(main)? else {
+            return Ok(None);
+        };
+        let ym = self.run(main_body, x.clone(), None)?;
+        let (r, shortcut_affine) = match self.split_plain_bn(shortcut)? {
+            Some((affine, body)) => (self.run(body, x.clone(), None)?, Some(affine)),
+            None => (self.run(shortcut, x.clone(), None)?, None),
+        };
+        timed("fwd bn+add", || ops::residual_affine_add(&ym, main_affine, &r, shortcut_affine)).map(Some)
     }
 
     fn step(&self, node: &Node, x: &Tensor, record: bool) -> Result<(Tensor, Option<Saved>)> {

@@ -15,9 +15,10 @@ pub fn depthwise(x: &Tensor, k: &Tensor, g: Geom) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&k.contiguous()?, Depthwise { g, pre: None })
 }
 
-/// A per-channel affine + activation applied to the depthwise input on the
-/// fly (inference only): the BatchNorm (or ReLU) that precedes a separable
-/// convolution then costs no pass over memory of its own.
+/// A per-channel affine + activation read on the host, for inference-time
+/// fusions: applied to the depthwise input on the fly, the BatchNorm (or ReLU)
+/// that precedes a separable convolution costs no pass over memory of its own
+/// (also the BatchNorms that end a residual block, `residual_affine_add`).
 #[derive(Debug, Clone)]
 pub struct PreAffine {
     pub scale: Vec<f32>,

@@ -23,7 +23,7 @@ mod storage;
 pub use act::{act, act_grad, Act};
 #[cfg(feature = "cuda")]
 pub use adam::adam_step;
-pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad};
+pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, PreAffine};
 pub use im2col::{col2im, im2col};
 pub use pool::{max_pool, max_pool_grad};
