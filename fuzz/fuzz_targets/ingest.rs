@@ -1,0 +1,19 @@
+//! Raw bytes as an uploaded archive (zip, tar or tar.gz by magic bytes).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tuneserve::data::ingest;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    let root = tempfile::tempdir().expect("tempdir");
+    let upload = root.path().join("upload");
+    std::fs::write(&upload, data).expect("write upload");
+    let dest = root.path().join("dataset");
+    std::fs::create_dir(&dest).expect("dest");
+    let result = ingest::ingest(&upload, &dest, &common::limits());
+    std::fs::remove_file(&upload).expect("remove upload");
+    common::check(root.path(), &dest, &result);
+});
