@@ -163,6 +163,16 @@ async fn not_an_archive(db: Db) {
     // A damaged zip (central directory cut off).
     let z = two_class_zip("", 2, 0);
     assert_error(&srv.post_bytes("/v1/datasets", "application/zip", z[..z.len() - 30].to_vec()).await, 422, "corrupt_archive");
+    // A tar header whose checksum does not match (was a 500 until fuzzing found it).
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("cats/0.jpg").unwrap();
+    h.set_size(3);
+    h.set_cksum();
+    t.append(&h, &b"abc"[..]).unwrap();
+    let mut t = t.into_inner().unwrap();
+    t[0] = b'd';
+    assert_error(&srv.post_bytes("/v1/datasets", "application/x-tar", t).await, 422, "corrupt_archive");
     srv.assert_alive(Some(&good)).await;
 }
 

@@ -158,8 +158,12 @@ fn write_entry(
 ) -> Result<bool, IngestError> {
     let target = dest.join(rel);
     if let Some(parent) = target.parent() {
-        if fs::create_dir_all(parent).is_err() {
-            rejected.push(Rejected { path: display(rel), reason: "its folder clashes with a file of the same name".into() });
+        if let Err(e) = fs::create_dir_all(parent) {
+            let reason = match e.kind() {
+                io::ErrorKind::InvalidFilename => "a folder name is too long",
+                _ => "its folder clashes with a file of the same name",
+            };
+            rejected.push(Rejected { path: display(rel), reason: reason.into() });
             return Ok(false);
         }
     }
@@ -167,6 +171,10 @@ fn write_entry(
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             rejected.push(Rejected { path: display(rel), reason: "duplicate entry".into() });
+            return Ok(false);
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
+            rejected.push(Rejected { path: display(rel), reason: "file name too long".into() });
             return Ok(false);
         }
         Err(e) => return Err(e.into()),
@@ -190,14 +198,17 @@ fn write_entry(
     Ok(true)
 }
 
-/// Decompression errors are the archive's fault, not the server's.
+/// Errors while reading the archive are the archive's fault, not the
+/// server's: only an error the operating system reported is an I/O failure.
+/// The archive readers' own errors carry no OS code, whatever their kind (tar
+/// reports a bad header checksum as `ErrorKind::Other`, found by fuzzing).
 fn corrupt_or_io(e: io::Error, limits: &IngestLimits) -> IngestError {
-    match e.kind() {
-        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
-            IngestError::Corrupt(e.to_string())
-        }
-        io::ErrorKind::FileTooLarge => IngestError::TooLarge(limits.max_uncompressed_bytes),
-        _ => IngestError::Io(e),
+    if e.kind() == io::ErrorKind::FileTooLarge {
+        IngestError::TooLarge(limits.max_uncompressed_bytes)
+    } else if e.raw_os_error().is_some() {
+        IngestError::Io(e)
+    } else {
+        IngestError::Corrupt(e.to_string())
     }
 }
 
