@@ -38,6 +38,13 @@ def run_json(cmd, env=None):
 CACHE_FILE = None
 
 
+def git_commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(unknown commit)"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers-python", default="/work/peers-venv/bin/python")
@@ -127,8 +134,13 @@ def main():
                          ratio(o, k), ratio(o, max(filter(None, [t, tc]), default=None))))
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    # The widest SIMD decides the matmul kernels (ours and the peers'); machines
+    # of the same name differ here, so the report says which one it ran on.
+    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    cpu += ", AVX-512" if "avx512f" in flags else ", AVX2 (no AVX-512)" if "avx2" in flags else ""
     head = (f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; "
-            f"{time.strftime('%Y-%m-%d %H:%M')}. Same machine, same run, 2 threads each.\n\n")
+            f"{time.strftime('%Y-%m-%d %H:%M')}. Same machine, same run, 2 threads each.\n\n"
+            f"Command: `python3 bench/compare.py {' '.join(sys.argv[1:])}` on tuneserve {git_commit()}.\n\n")
     table = "| workload | tuneserve | Keras/TF | PyTorch eager | PyTorch channels_last | vs Keras | vs best PyTorch |\n|---|---|---|---|---|---|---|\n"
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     raw = "\n<details><summary>raw JSON</summary>\n\n```\n" + "\n".join(json.dumps(v) for v in list(ours.values()) + list(peers.values())) + "\n```\n</details>\n"
