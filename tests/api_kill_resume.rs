@@ -4,28 +4,15 @@
 
 mod api_common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api_common::*;
 use serde_json::{json, Value};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
-/// Kills the server if the test fails midway, so no process outlives it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &std::path::Path, port: u16, db_url: &str) -> Server {
-    Server(Command::new(env!("CARGO_BIN_EXE_tuneserve"))
+fn spawn(dir: &std::path::Path, port: u16, db_url: &str) -> KillOnDrop {
+    KillOnDrop(Command::new(env!("CARGO_BIN_EXE_tuneserve"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .args(["--database-url", db_url, "--progress-every", "1"])

@@ -15,7 +15,7 @@
 mod api_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api_common::*;
@@ -24,19 +24,6 @@ use serde_json::{json, Value};
 /// Seconds without a heartbeat after which a job is taken over.
 const LEASE_SECS: &str = "5";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the process if the test fails midway, so none outlives it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Cluster {
     database_url: String,
@@ -64,13 +51,13 @@ impl Cluster {
         c
     }
 
-    fn worker(&self, dir: &Path, name: &str) -> Proc {
-        Proc(self.command(dir, &format!("{name}.log"), &["worker", "--instance", name]).spawn().expect("start worker"))
+    fn worker(&self, dir: &Path, name: &str) -> KillOnDrop {
+        KillOnDrop(self.command(dir, &format!("{name}.log"), &["worker", "--instance", name]).spawn().expect("start worker"))
     }
 
-    fn api(&self, dir: &Path, port: u16) -> Proc {
+    fn api(&self, dir: &Path, port: u16) -> KillOnDrop {
         let bind = format!("127.0.0.1:{port}");
-        Proc(self.command(dir, "api.log", &["serve", "--bind", &bind, "--workers", "0", "--instance", "api"])
+        KillOnDrop(self.command(dir, "api.log", &["serve", "--bind", &bind, "--workers", "0", "--instance", "api"])
             .spawn()
             .expect("start api"))
     }

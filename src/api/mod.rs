@@ -135,13 +135,7 @@ pub async fn serve_with(
             tracing::info!("shutting down: no new requests; a running job stops at its next checkpoint");
         })
         .await?;
-    tokio::task::spawn_blocking(move || {
-        for w in workers {
-            let _ = w.join();
-        }
-    })
-    .await
-    .map_err(|e| ServeError::Config(format!("worker join: {e}")))?;
+    crate::jobs::join(workers).await?;
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -63,13 +63,7 @@ pub async fn work(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), S
     let workers = crate::jobs::start(ctx, cfg.workers.max(1)).await?;
     shutdown.cancelled().await;
     tracing::info!("stopping: a running job stops at its next checkpoint and goes back to the queue");
-    tokio::task::spawn_blocking(move || {
-        for w in workers {
-            let _ = w.join();
-        }
-    })
-    .await
-    .map_err(|e| ServeError::Config(format!("worker join: {e}")))?;
+    crate::jobs::join(workers).await?;
     db.close().await;
     tracing::info!("stopped");
     Ok(())

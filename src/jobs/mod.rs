@@ -63,6 +63,18 @@ pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>
     Ok(spawn_workers(ctx, n)?)
 }
 
+/// Waits, off the async runtime, for the worker threads to return (each stops
+/// at its next checkpoint once `shutdown` is cancelled).
+pub async fn join(workers: Vec<JoinHandle<()>>) -> Result<(), crate::error::ServeError> {
+    tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await
+    .map_err(|e| crate::error::ServeError::Config(format!("worker join: {e}")))
+}
+
 /// Every half lease, requeues running jobs whose holder stopped beating.
 async fn sweep_stale(ctx: Arc<JobContext>) {
     let every = ctx.cfg.lease() / 2;

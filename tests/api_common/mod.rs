@@ -313,3 +313,18 @@ pub async fn read_sse(client: &reqwest::Client, url: &str, timeout: Duration) ->
     let _ = tokio::time::timeout(timeout, read).await;
     events
 }
+
+/// A free TCP port on loopback (for servers started as separate processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed if the test fails midway, so none outlives it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
