@@ -136,6 +136,15 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 }
 
 impl Net {
+    /// Products go to BLAS (outside Candle's graph) unless autograd records.
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.autograd {
+            a.matmul(b)
+        } else {
+            ops::matmul(a, b)
+        }
+    }
+
     fn p(&self, i: usize) -> Tensor {
         let t = self.params[i].var.as_tensor();
         if self.autograd {
@@ -269,10 +278,10 @@ impl Net {
                 let wt = self.p(*wi);
                 let o = wt.dim(0)?;
                 let y = if *k == 1 && *stride == 1 {
-                    timed("fwd pointwise matmul", || wt.matmul(&x.reshape((c, b * h * w))?))?
+                    timed("fwd pointwise matmul", || self.matmul(&wt, &x.reshape((c, b * h * w))?))?
                 } else {
                     let cols = timed("fwd im2col", || ops::im2col(x, g))?;
-                    timed("fwd conv matmul", || wt.matmul(&cols))?
+                    timed("fwd conv matmul", || self.matmul(&wt, &cols))?
                 };
                 let y = y.reshape((o, b, g.out_h, g.out_w))?;
                 (y, record.then(|| Saved::Conv { x: x.clone(), g }))
@@ -351,12 +360,12 @@ impl Net {
                 let dy2 = dy.reshape((o, b * g.out_plane()))?;
                 let pointwise = *k == 1 && *stride == 1;
                 let cols = if pointwise { x.reshape((c, b * h * w))? } else { timed("bwd im2col", || ops::im2col(&x, g))? };
-                self.set_grad(grads, *wi, timed("bwd conv dW matmul", || dy2.matmul(&cols.t()?))?);
+                self.set_grad(grads, *wi, timed("bwd conv dW matmul", || self.matmul(&dy2, &cols.t()?))?);
                 drop(cols);
                 if !want_dx {
                     return Ok(None);
                 }
-                let dcols = timed("bwd conv dX matmul", || wt.t()?.matmul(&dy2))?;
+                let dcols = timed("bwd conv dX matmul", || self.matmul(&wt.t()?, &dy2))?;
                 Some(if pointwise { dcols.reshape((c, b, h, w))? } else { timed("bwd col2im", || ops::col2im(&dcols, g))? })
             }
             (Node::Depthwise { w: wi, .. }, Saved::Depthwise { x, g }) => {
