@@ -140,6 +140,7 @@ def main():
     cpu += ", AVX-512" if "avx512f" in flags else ", AVX2 (no AVX-512)" if "avx2" in flags else ""
     head = (f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; "
             f"{time.strftime('%Y-%m-%d %H:%M')}. Same machine, same run, 2 threads each.\n\n"
+            f"tuneserve's CPU matrix products: {ours_matmul(ours)}.\n\n"
             f"Command: `python3 bench/compare.py {' '.join(sys.argv[1:])}` on tuneserve {git_commit()}.\n\n")
     table = "| workload | tuneserve | Keras/TF | PyTorch eager | PyTorch channels_last | vs Keras | vs best PyTorch |\n|---|---|---|---|---|---|---|\n"
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
@@ -152,6 +153,12 @@ def main():
             fh.write(svg_chart(rows, serve))
         with open(a.out, "w") as fh:
             fh.write("# Benchmarks\n\n" + f"![chart]({os.path.basename(chart)})\n\n" + report)
+
+
+def ours_matmul(ours):
+    kinds = {v.get("cpu_matmul") for v in ours.values() if v.get("framework") == "tuneserve"} - {None}
+    return {"openblas": "OpenBLAS (loaded at run time)", "gemm-crate": "the gemm crate (no OpenBLAS installed)"}.get(
+        next(iter(kinds)), "?") if len(kinds) == 1 else ", ".join(sorted(kinds)) or "?"
 
 
 def serve_section(serve):

@@ -128,6 +128,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cpu_s_per_iter": cpu,
         "peak_rss_mib": peak_rss_mib(),
         "device": format!("{device:?}"),
+        "cpu_matmul": crate::ops::matmul_cpu_backend(),
     });
     if args.workload == Workload::Latency {
         out["latency_ms"] = serde_json::json!(med * 1e3);

@@ -37,6 +37,15 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
+/// Which library runs CPU f32 products (for logs and benchmark reports).
+pub fn cpu_backend() -> &'static str {
+    if blas::get().is_some() {
+        "openblas"
+    } else {
+        "gemm-crate"
+    }
+}
+
 fn view(data: &[f32], l: &Layout) -> View {
     let s = l.stride();
     View { ptr: data[l.start_offset()..].as_ptr(), rs: s[0], cs: s[1] }

@@ -28,7 +28,7 @@ pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, PreAffine};
 pub use im2col::{col2im, im2col};
-pub use matmul::matmul;
+pub use matmul::{cpu_backend as matmul_cpu_backend, matmul};
 pub use pool::{max_pool, max_pool_grad};
 
 /// Geometry of a 2-D window op (convolution or pooling) over H x W planes.
