@@ -17,7 +17,7 @@ use std::sync::Mutex;
 const MIN_CACHED: usize = 1 << 20;
 const STEPS: usize = 8;
 const CLASSES: usize = STEPS * 14; // up to 1 MiB * 2^14 = 16 GiB
-const SLOTS: usize = 16;
+const SLOTS: usize = 64;
 const ALIGN: usize = 4096;
 
 /// Each bin is a stack: pushes happen in time order and pops take the top,
@@ -117,7 +117,7 @@ impl CachingAlloc {
             }
             let rounded = Self::class_size(idx);
             for &p in &b.ptrs[idx][..old] {
-                System.dealloc(p as *mut u8, Layout::from_size_align_unchecked(rounded, ALIGN));
+                self.release(p as *mut u8, rounded);
             }
             b.ptrs[idx].copy_within(old..n, 0);
             b.stamps[idx].copy_within(old..n, 0);
@@ -132,13 +132,32 @@ impl CachingAlloc {
         (MIN_CACHED << octave) + sub * ((MIN_CACHED << octave) / STEPS)
     }
 
+    /// A new large block straight from the kernel. Not from malloc: glibc
+    /// raises its mmap threshold after such frees and would then carve later
+    /// blocks out of its heap, which fragments and never shrinks.
+    #[cfg(target_os = "linux")]
     unsafe fn fresh(&self, rounded: usize) -> *mut u8 {
-        let p = System.alloc(Layout::from_size_align_unchecked(rounded, ALIGN));
-        #[cfg(target_os = "linux")]
-        if !p.is_null() {
-            libc::madvise(p as *mut libc::c_void, rounded, libc::MADV_HUGEPAGE);
+        let p = libc::mmap(std::ptr::null_mut(), rounded, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED {
+            return std::ptr::null_mut();
         }
-        p
+        libc::madvise(p, rounded, libc::MADV_HUGEPAGE);
+        p as *mut u8
+    }
+
+    #[cfg(target_os = "linux")]
+    unsafe fn release(&self, p: *mut u8, rounded: usize) {
+        libc::munmap(p as *mut libc::c_void, rounded);
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    unsafe fn fresh(&self, rounded: usize) -> *mut u8 {
+        System.alloc(Layout::from_size_align_unchecked(rounded, ALIGN))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    unsafe fn release(&self, p: *mut u8, rounded: usize) {
+        System.dealloc(p, Layout::from_size_align_unchecked(rounded, ALIGN));
     }
 }
 
@@ -191,7 +210,7 @@ unsafe impl GlobalAlloc for CachingAlloc {
                         }
                     }
                 }
-                System.dealloc(ptr, Layout::from_size_align_unchecked(rounded, ALIGN));
+                self.release(ptr, rounded);
             }
             _ => System.dealloc(ptr, layout),
         }
