@@ -180,9 +180,11 @@ def serve_section(serve):
         out.append(f"\nSoak: {serve['soak_s']} s of 8 clients while a stage-2 training job runs in the same process "
                    f"(job {soak.get('job_status_at_end')} at the end, {soak.get('job_stage_at_end')} epoch {soak.get('job_epoch_at_end')}): "
                    f"{soak['images_per_second']:.1f} img/s, p99 {soak['latency_ms_p99']:.0f} ms, {soak['errors']} errors, "
-                   f"{soak['rejected']} 429s; server RSS after 2 min warm-up {soak['rss_mib_after_warmup']:.0f} MiB, "
-                   f"highest after it {soak['rss_mib_max_after_warmup']:.0f} MiB, at the end {soak['rss_mib_end']:.0f} MiB: "
-                   f"growth {100 * g:.1f}% (target < 5%).\n")
+                   f"{soak['rejected']} 429s. Server RSS after 2 min warm-up: median of the first 2 min "
+                   f"{soak['rss_mib_median_first_2min']:.0f} MiB, of the last 2 min {soak['rss_mib_median_last_2min']:.0f} MiB: "
+                   f"**growth {100 * g:.1f}%** (target < 5%). RSS swings within each training step, so single samples "
+                   f"say less: the highest sample after warm-up was {soak['rss_mib_max_after_warmup']:.0f} MiB "
+                   f"({100 * soak['rss_max_over_first_median']:+.1f}% over the first median), the last {soak['rss_mib_end']:.0f} MiB.\n")
         samples = ", ".join(f"{t:.0f}s {r:.0f}" for t, r in soak["rss_mib_samples"])
         out.append(f"RSS samples (s since start, MiB): {samples}\n")
     out.append(f"Server exit code after SIGTERM: {serve.get('server_exit_code')}; panics in its log: {serve.get('server_panics')}.\n")

@@ -18,7 +18,7 @@ line. Needs Pillow (the peers' venv has it: bench/peers/README.md).
   python bench/serve_load.py [--bin target/release/tuneserve] [--data ZIP]
       [--weights H5] [--duration 60] [--soak 600] [--clients 1,8,64,256]
 """
-import argparse, io, json, os, signal, socket, subprocess, sys, tempfile, time, urllib.request, zipfile
+import argparse, io, json, os, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request, zipfile
 
 from PIL import Image
 
@@ -160,16 +160,26 @@ def main():
                 soak["job_stage_at_end"] = j.get("stage")
                 soak["job_epoch_at_end"] = j.get("epoch")
                 samples = soak["rss_mib_samples"]
-                warm = [r for t, r in samples if t >= 120]  # after two minutes of warm-up
-                soak["rss_mib_after_warmup"] = warm[0] if warm else None
+                warm = [(t, r) for t, r in samples if t >= 120]  # after two minutes of warm-up
+                # RSS swings within every training step (the tape is built and
+                # freed), so growth compares levels, not single samples: the
+                # median of the first two minutes after warm-up against the
+                # median of the last two. The highest sample is reported too.
+                first = [r for t, r in warm if t < warm[0][0] + 120] if warm else []
+                last = [r for t, r in warm if t > warm[-1][0] - 120] if warm else []
+                soak["rss_mib_after_warmup"] = warm[0][1] if warm else None
                 soak["rss_mib_end"] = samples[-1][1] if samples else None
-                soak["rss_mib_max_after_warmup"] = max(warm) if warm else None
-                soak["rss_growth_after_warmup"] = (max(warm) / warm[0] - 1) if warm else None
+                soak["rss_mib_max_after_warmup"] = max(r for _, r in warm) if warm else None
+                soak["rss_mib_median_first_2min"] = statistics.median(first) if first else None
+                soak["rss_mib_median_last_2min"] = statistics.median(last) if last else None
+                soak["rss_growth_after_warmup"] = (statistics.median(last) / statistics.median(first) - 1) if warm else None
+                soak["rss_max_over_first_median"] = (soak["rss_mib_max_after_warmup"] / statistics.median(first) - 1) if warm else None
                 http("POST", f"{base}/v1/jobs/{soak_job['id']}/cancel")
                 result["soak"] = soak
                 log(f"soak: {soak['images_per_second']:.1f} img/s with training running, errors {soak['errors']}, "
-                    f"RSS after warm-up {soak['rss_mib_after_warmup']:.0f} MiB, max {soak['rss_mib_max_after_warmup']:.0f} MiB, "
-                    f"growth {100 * soak['rss_growth_after_warmup']:.1f}%")
+                    f"RSS median first 2 min after warm-up {soak['rss_mib_median_first_2min']:.0f} MiB, last 2 min "
+                    f"{soak['rss_mib_median_last_2min']:.0f} MiB: growth {100 * soak['rss_growth_after_warmup']:.1f}%; "
+                    f"highest sample {soak['rss_mib_max_after_warmup']:.0f} MiB")
         finally:
             server.send_signal(signal.SIGTERM)
             try:
