@@ -156,9 +156,9 @@ def main():
 
 
 def ours_matmul(ours):
-    kinds = {v.get("cpu_matmul") for v in ours.values() if v.get("framework") == "tuneserve"} - {None}
-    return {"openblas": "OpenBLAS (loaded at run time)", "gemm-crate": "the gemm crate (no OpenBLAS installed)"}.get(
-        next(iter(kinds)), "?") if len(kinds) == 1 else ", ".join(sorted(kinds)) or "?"
+    names = {"openblas": "OpenBLAS (loaded at run time)", "gemm-crate": "the gemm crate (no OpenBLAS installed)"}
+    kinds = sorted({v["cpu_matmul"] for v in ours.values() if "cpu_matmul" in v})
+    return ", ".join(names.get(k, k) for k in kinds) or "?"
 
 
 def serve_section(serve):

@@ -165,15 +165,16 @@ def main():
                 # freed), so growth compares levels, not single samples: the
                 # median of the first two minutes after warm-up against the
                 # median of the last two. The highest sample is reported too.
-                first = [r for t, r in warm if t < warm[0][0] + 120] if warm else []
-                last = [r for t, r in warm if t > warm[-1][0] - 120] if warm else []
+                first = statistics.median(r for t, r in warm if t < warm[0][0] + 120) if warm else None
+                last = statistics.median(r for t, r in warm if t > warm[-1][0] - 120) if warm else None
+                peak = max(r for _, r in warm) if warm else None
                 soak["rss_mib_after_warmup"] = warm[0][1] if warm else None
                 soak["rss_mib_end"] = samples[-1][1] if samples else None
-                soak["rss_mib_max_after_warmup"] = max(r for _, r in warm) if warm else None
-                soak["rss_mib_median_first_2min"] = statistics.median(first) if first else None
-                soak["rss_mib_median_last_2min"] = statistics.median(last) if last else None
-                soak["rss_growth_after_warmup"] = (statistics.median(last) / statistics.median(first) - 1) if warm else None
-                soak["rss_max_over_first_median"] = (soak["rss_mib_max_after_warmup"] / statistics.median(first) - 1) if warm else None
+                soak["rss_mib_max_after_warmup"] = peak
+                soak["rss_mib_median_first_2min"] = first
+                soak["rss_mib_median_last_2min"] = last
+                soak["rss_growth_after_warmup"] = last / first - 1 if warm else None
+                soak["rss_max_over_first_median"] = peak / first - 1 if warm else None
                 http("POST", f"{base}/v1/jobs/{soak_job['id']}/cancel")
                 result["soak"] = soak
                 log(f"soak: {soak['images_per_second']:.1f} img/s with training running, errors {soak['errors']}, "

@@ -96,7 +96,7 @@ impl Blas {
             let chunk = len.div_ceil(threads).next_multiple_of(align);
             (chunk, len.div_ceil(chunk))
         };
-        let (a, b, c) = (SendView(a), SendView(b), SendPtr(c));
+        let (a, b, c) = (Shared(a), Shared(b), Shared(c));
         if threads > 1 && n >= threads * 64 {
             let (chunk, count) = parts(n, 16);
             rayon::scope(|s| {
@@ -118,29 +118,21 @@ impl Blas {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // ldc differs from n when C is split by columns
     unsafe fn serial(&self, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize) {
         let ((ta, lda), (tb, ldb)) = (a.cblas(), b.cblas());
         (self.sgemm)(ROW_MAJOR, ta, tb, m as i32, n as i32, k as i32, 1.0, a.ptr, lda, b.ptr, ldb, 0.0, c, ldc as i32);
     }
 }
 
-// Views and the output pointer cross into rayon tasks that touch disjoint
-// parts of C and only read A and B.
+/// Views and the output pointer cross into rayon tasks that touch disjoint
+/// parts of C and only read A and B.
 #[derive(Clone, Copy)]
-struct SendView(View);
-unsafe impl Send for SendView {}
-unsafe impl Sync for SendView {}
-impl SendView {
-    fn get(self) -> View {
-        self.0
-    }
-}
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+struct Shared<T: Copy>(T);
+unsafe impl<T: Copy> Send for Shared<T> {}
+unsafe impl<T: Copy> Sync for Shared<T> {}
+impl<T: Copy> Shared<T> {
+    fn get(self) -> T {
         self.0
     }
 }
