@@ -60,7 +60,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.profile {
+    // An explicit TUNESERVE_PROFILE (e.g. `wall`) picks the clock.
+    if args.profile && std::env::var_os("TUNESERVE_PROFILE").is_none() {
         std::env::set_var("TUNESERVE_PROFILE", "1");
     }
     let device: Device = pick_device(args.device)?;

@@ -3,10 +3,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use num_traits::Zero;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::storage::{dispatch, output, slice, zeros, CpuElem};
+use super::storage::{dispatch, output, par_rows, slice, CpuElem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Act {
@@ -58,9 +57,8 @@ impl CustomOp1 for ActOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!(s, |T| {
             let x = slice::<T>(s, l)?;
-            let mut y = zeros::<T>(x.len());
-            y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
-                for (yv, xv) in yc.iter_mut().zip(xc) {
+            let y = par_rows(x.len(), CHUNK, |i, yc: &mut [T]| {
+                for (yv, xv) in yc.iter_mut().zip(&x[i * CHUNK..]) {
                     *yv = self.a.apply(*xv);
                 }
             });
@@ -94,14 +92,11 @@ impl CustomOp2 for ActGrad {
         dispatch!(s1, |T| {
             let y = slice::<T>(s1, l1)?;
             let dy = slice::<T>(s2, l2)?;
-            let mut dx = zeros::<T>(y.len());
-            dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(
-                |(dxc, (yc, dyc))| {
-                    for ((d, yv), g) in dxc.iter_mut().zip(yc).zip(dyc) {
-                        *d = if self.a.passes(*yv) { *g } else { T::zero() };
-                    }
-                },
-            );
+            let dx = par_rows(y.len(), CHUNK, |i, dxc: &mut [T]| {
+                for ((d, yv), g) in dxc.iter_mut().zip(&y[i * CHUNK..]).zip(&dy[i * CHUNK..]) {
+                    *d = if self.a.passes(*yv) { *g } else { T::zero() };
+                }
+            });
             output(dx, l1.shape().clone())
         })
     }

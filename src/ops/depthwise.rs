@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::storage::{dispatch, output, slice, zeros, CpuElem};
+use super::storage::{build_rows, dispatch, output, slice, zeros, CpuElem};
 use super::{Act, Geom};
 
 /// y[c,b] = depthwise(x[c,b], k[c]) for x (C,B,H,W) and k (C, K*K).
@@ -274,10 +274,11 @@ impl CustomOp2 for Depthwise {
                 }
                 Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
             };
-            let mut y = zeros::<T>(c * b * g.out_plane());
-            y.par_chunks_mut(g.out_plane()).enumerate().for_each_init(
+            let (y, _) = build_rows(
+                c * b * g.out_plane(),
+                g.out_plane(),
                 || (Vec::new(), Vec::new()),
-                |(sc, acc), (p, yp)| {
+                |(sc, acc), p, yp: &mut [T]| {
                     let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
                     let kc = &k[(p / b) * kk..(p / b + 1) * kk];
                     let pre = pre.as_ref().map(|(s, t, a)| (s[p / b], t[p / b], *a));
@@ -335,10 +336,11 @@ impl CustomOp2 for DepthwiseInputGrad {
             let k = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
             let kk = g.k * g.k;
-            let mut dx = zeros::<T>(c * b * g.in_plane());
-            dx.par_chunks_mut(g.in_plane()).enumerate().for_each_init(
+            let (dx, _) = build_rows(
+                c * b * g.in_plane(),
+                g.in_plane(),
                 || (Vec::new(), Vec::new(), Vec::new()),
-                |(sc, acc, flipped), (p, dxp)| {
+                |(sc, acc, flipped), p, dxp: &mut [T]| {
                     let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
                     let kc = &k[(p / b) * kk..(p / b + 1) * kk];
                     if g.stride == 1 {

@@ -3,9 +3,8 @@
 //! strided subsampling of Xception's residual 1x1 convolutions.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::storage::{dispatch, output, slice, zeros};
+use super::storage::{dispatch, output, par_rows, slice};
 use super::Geom;
 
 /// (C,B,H,W) -> (C*K*K, B*Ho*Wo); row = c*K*K + a*K + b.
@@ -37,8 +36,7 @@ impl CustomOp1 for Im2Col {
         let ncols = b * g.out_plane();
         dispatch!(s, |T| {
             let x = slice::<T>(s, l)?;
-            let mut cols = zeros::<T>(c * kk * ncols);
-            cols.par_chunks_mut(ncols).enumerate().for_each(|(row, out)| {
+            let cols = par_rows(c * kk * ncols, ncols, |row, out: &mut [T]| {
                 let (ch, tap) = (row / kk, row % kk);
                 let (a, bb) = (tap / g.k, tap % g.k);
                 let (lo, hi) = g.valid_cols(bb);
@@ -100,8 +98,7 @@ impl CustomOp1 for Col2Im {
         let (c, b) = (rows / kk, ncols / g.out_plane());
         dispatch!(s, |T| {
             let cols = slice::<T>(s, l)?;
-            let mut dx = zeros::<T>(c * b * g.in_plane());
-            dx.par_chunks_mut(b * g.in_plane()).enumerate().for_each(|(ch, dxc)| {
+            let dx = par_rows(c * b * g.in_plane(), b * g.in_plane(), |ch, dxc: &mut [T]| {
                 for tap in 0..kk {
                     let (a, bb) = (tap / g.k, tap % g.k);
                     let (lo, hi) = g.valid_cols(bb);

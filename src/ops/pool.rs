@@ -3,11 +3,10 @@
 //! kernel == stride; Xception pools 3x3 with stride 2).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use num_traits::Float;
 
-use super::storage::{dispatch, output, slice, zeros, CpuElem};
+use super::storage::{dispatch, output, par_rows, slice, CpuElem};
 use super::Geom;
 
 /// Max over each KxK window of every (C,B) plane; padding never wins.
@@ -73,8 +72,7 @@ impl CustomOp1 for MaxPool {
             let x = slice::<T>(s, l)?;
             // Max is separable: rows first (vectorises along the row), then columns.
             let taps = g.col_taps();
-            let mut y = zeros::<T>(n * g.out_plane());
-            y.par_chunks_mut(g.out_plane()).enumerate().for_each(|(p, yp)| {
+            let y = par_rows(n * g.out_plane(), g.out_plane(), |p, yp: &mut [T]| {
                 let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
                 let mut row = vec![T::neg_infinity(); g.in_w];
                 for oi in 0..g.out_h {
@@ -132,8 +130,7 @@ impl CustomOp2 for MaxPoolGrad {
             let dy = slice::<T>(s2, l2)?;
             let rows = ranges(g.out_h, g.in_h, g.k, g.stride, g.pad_top);
             let cols = ranges(g.out_w, g.in_w, g.k, g.stride, g.pad_left);
-            let mut dx = zeros::<T>(n * g.in_plane());
-            dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(p, dxp)| {
+            let dx = par_rows(n * g.in_plane(), g.in_plane(), |p, dxp: &mut [T]| {
                 let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
                 let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
                 for (oi, r) in rows.iter().enumerate() {

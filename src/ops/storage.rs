@@ -1,6 +1,9 @@
 //! Access to the CPU storage behind a tensor, and building results.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, Layout, Result, Shape};
+use rayon::prelude::*;
 
 use super::Elem;
 
@@ -74,7 +77,44 @@ pub(crate) fn output<T: CpuElem>(v: Vec<T>, shape: impl Into<Shape>) -> Result<(
     Ok((T::into_storage(v), shape.into()))
 }
 
-/// A zero-filled buffer; the caching allocator makes these cheap to reuse.
+/// A zero-filled buffer, for small outputs (per-channel sums, kernels).
 pub(crate) fn zeros<T: Elem>(n: usize) -> Vec<T> {
     vec![T::zero(); n]
+}
+
+/// An output of `n` elements built in parallel, `row` at a time, by
+/// `f(scratch, row_index, row)`; returns it with every row's result. Each row
+/// starts zeroed, by the thread that then fills it, just before (so in cache):
+/// a serial memset of a whole activation-sized output up front cost ~10% of a
+/// training step while the other cores waited.
+pub(crate) fn build_rows<T, S, R>(
+    n: usize,
+    row: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [T]) -> R + Sync + Send,
+) -> (Vec<T>, Vec<R>)
+where
+    T: Elem,
+    R: Send,
+{
+    let mut v = Vec::<T>::with_capacity(n);
+    let results = v.spare_capacity_mut()[..n]
+        .par_chunks_mut(row.max(1))
+        .enumerate()
+        .map_init(scratch, |s, (i, r)| {
+            r.fill(MaybeUninit::new(T::zero()));
+            // SAFETY: every element of `r` was initialised on the line above,
+            // and MaybeUninit<T> has T's layout.
+            let r = unsafe { &mut *(r as *mut [MaybeUninit<T>] as *mut [T]) };
+            f(s, i, r)
+        })
+        .collect();
+    // SAFETY: the rows cover 0..n and each was initialised above.
+    unsafe { v.set_len(n) };
+    (v, results)
+}
+
+/// `build_rows` for kernels without scratch space or per-row results.
+pub(crate) fn par_rows<T: Elem>(n: usize, row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    build_rows(n, row, || (), |_, i, r| f(i, r)).0
 }
