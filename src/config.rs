@@ -41,9 +41,40 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_WEIGHTS")]
     pub weights: Option<PathBuf>,
 
-    /// Bearer token required on every mutating route; none = open.
+    /// API keys (bearer tokens), comma-separated; with one set, every /v1
+    /// route needs `Authorization: Bearer <key>`. None = keyless (loopback only,
+    /// unless --allow-unauthenticated).
     #[arg(long, env = "TUNESERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// A file with more API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "TUNESERVE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// With keys set, let `/v1/predict` and `/v1/models/{id}/predict` answer without one.
+    #[arg(long, env = "TUNESERVE_PUBLIC_PREDICT")]
+    pub public_predict: bool,
+
+    /// With keys set, let `/metrics` answer without one (`/health`, `/ready`,
+    /// `/docs` and `/openapi.json` are always open: they hold no data).
+    #[arg(long, env = "TUNESERVE_PUBLIC_METRICS")]
+    pub public_metrics: bool,
+
+    /// Start without an API key on a non-loopback address (anyone who reaches
+    /// the port can train, read and delete). Refused by default.
+    #[arg(long, env = "TUNESERVE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Host names the keyless server answers to besides localhost, 127.0.0.1
+    /// and [::1] (comma-separated; `*` = any). Guards against DNS rebinding.
+    #[arg(long, env = "TUNESERVE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// Origins (scheme://host[:port]) allowed to call the API from a browser
+    /// besides the page's own: CORS is answered for them, and keyless
+    /// state-changing requests from any other origin are refused.
+    #[arg(long, env = "TUNESERVE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 
     /// Largest dataset upload (compressed bytes on the wire).
     #[arg(long, env = "TUNESERVE_MAX_DATASET_BYTES", default_value_t = 2 << 30)]
@@ -57,6 +88,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_MAX_ARCHIVE_ENTRIES", default_value_t = 200_000)]
     pub max_archive_entries: u64,
 
+    /// Dataset uploads received and extracted at once; more get 429 with Retry-After.
+    #[arg(long, env = "TUNESERVE_MAX_CONCURRENT_UPLOADS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_uploads: u32,
+
     /// Largest predict request body.
     #[arg(long, env = "TUNESERVE_MAX_PREDICT_BYTES", default_value_t = 32 << 20)]
     pub max_predict_bytes: usize,
@@ -68,6 +103,11 @@ pub struct ServeConfig {
     /// Largest image width or height, checked from its header.
     #[arg(long, env = "TUNESERVE_MAX_IMAGE_DIMENSION", default_value_t = 16_384)]
     pub max_image_dimension: u32,
+
+    /// Most pixels (width x height, from the headers) all images of one
+    /// prediction request may hold together.
+    #[arg(long, env = "TUNESERVE_MAX_REQUEST_PIXELS", default_value_t = 128 << 20)]
+    pub max_request_pixels: u64,
 
     /// Training jobs run at once by this process (one per device is the sane default).
     #[arg(long, env = "TUNESERVE_WORKERS", default_value_t = 1)]
@@ -84,6 +124,18 @@ pub struct ServeConfig {
     /// seconds is taken over by another worker (resuming from its last checkpoint).
     #[arg(long, env = "TUNESERVE_LEASE_SECS", default_value_t = 60)]
     pub lease_secs: u64,
+
+    /// How many times a job may be running when its process dies (killed, e.g.
+    /// for lack of memory) before it fails instead of being resumed again.
+    #[arg(long, env = "TUNESERVE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Memory training jobs may use, in MiB, shared by the --workers; a job
+    /// whose estimated peak exceeds its share is refused (422) or, when the
+    /// machine changed since, fails at start. 0 = 80% of the container's
+    /// limit or of the machine's RAM.
+    #[arg(long, env = "TUNESERVE_MEMORY_LIMIT_MB", default_value_t = 0)]
+    pub memory_limit_mb: u64,
 
     /// CPU threads for predictions (0 = one per core).
     #[arg(long, env = "TUNESERVE_PREDICT_THREADS", default_value_t = 0)]
@@ -171,6 +223,16 @@ impl ServeConfig {
             .unwrap_or_else(|_| "localhost".into());
         let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
         format!("{host}:{}", dir.display())
+    }
+
+    /// Bytes one training job may use (see `memory_limit_mb`); None when the
+    /// machine's memory cannot be read and no limit is set.
+    pub fn job_memory_budget(&self) -> Option<u64> {
+        let total = match self.memory_limit_mb {
+            0 => crate::train::memory::available_memory()? / 10 * 8,
+            mb => mb << 20,
+        };
+        Some(total / self.workers.max(1) as u64)
     }
 
     pub fn lease(&self) -> Duration {

@@ -55,6 +55,10 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
@@ -77,6 +81,11 @@ impl ApiError {
 
     pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
         Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message) }
+    }
+
+    /// 429 with its own code (`queue_full` is the prediction queue's).
+    pub fn too_many_requests_code(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
     }
 
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
@@ -158,6 +167,9 @@ impl From<crate::data::ingest::IngestError> for ApiError {
             E::Link(_) => Self::unprocessable("link_entry", msg),
             E::TooManyEntries(_) => Self::too_large("too_many_entries", msg),
             E::TooLarge(_) => Self::too_large("archive_too_large", msg),
+            E::EntryTooLarge(..) => Self::too_large("entry_too_large", msg),
+            // Nobody is waiting for this answer any more.
+            E::Cancelled => Self::new(StatusCode::BAD_REQUEST, "upload_abandoned", msg),
             E::Corrupt(_) => Self::unprocessable("corrupt_archive", msg),
             E::Layout(_) => Self::unprocessable("invalid_dataset", msg),
             E::Io(_) => Self::internal(msg),

@@ -154,8 +154,8 @@ async function request(method, path, { json, body, auth = false } = {}) {
 }
 
 const api = {
-  get: (path) => request('GET', path),
-  // Mutating routes may need the key; predictions stay open but go through the same path.
+  // With a key configured every route needs it; a 401 asks for it once and retries.
+  get: (path) => withKey(() => request('GET', path)),
   post: (path, json) => withKey(() => request('POST', path, { json })),
   postForm: (path, form) => withKey(() => request('POST', path, { body: form })),
 };
@@ -452,7 +452,10 @@ function watchJob(job) {
   drawCharts();
   // Replays the job's history from the start, then follows it live; the
   // browser reconnects by itself with Last-Event-ID after a dropped connection.
-  const src = new EventSource(`/v1/jobs/${job.id}/events?stream=true`);
+  // EventSource cannot send headers: the key goes as access_token (this route only).
+  const key = apiKey();
+  const token = key ? `&access_token=${encodeURIComponent(key)}` : '';
+  const src = new EventSource(`/v1/jobs/${job.id}/events?stream=true${token}`);
   live.source = src;
   const on = (type, fn) => src.addEventListener(type, (e) => {
     if (live.source !== src) return;

@@ -29,7 +29,7 @@ fn ingest_one(path: &Path) -> Result<tuneserve::data::dataset::DatasetManifest, 
     std::fs::copy(path, &upload).expect("copy input");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits());
+    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
     common::check(root.path(), &dest, &result);
     result

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&upload, data).expect("write upload");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits());
+    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
     common::check(root.path(), &dest, &result);
 });

@@ -153,7 +153,7 @@ fuzz_target!(|input: Input| {
     std::fs::write(&upload, &bytes).expect("write upload");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits());
+    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
     common::check(root.path(), &dest, &result);
     // Any entry that tries to climb out, or any link, refuses the whole archive

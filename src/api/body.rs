@@ -2,7 +2,8 @@
 //! types, and id checks.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -106,10 +107,12 @@ pub async fn stream_to_file(
 
 /// Parses JSON errors into 400 (not JSON at all) or 422 (JSON of the wrong shape).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable("invalid_request", format!("invalid request body: {e}")),
-        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
-    })
+    // Syntax first, then shape: deserializing straight into `T` reports some
+    // wrong types (a number where an enum's string belongs) as syntax errors.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid_request", format!("invalid request body: {e}")))
 }
 
 /// A JSON body: 415 without `Content-Type: application/json`, 413 over 1 MiB,
@@ -152,4 +155,36 @@ pub fn not_found(kind: &'static str, id: &str) -> ApiError {
         _ => "not_found",
     };
     ApiError::not_found(code, format!("no {kind} with id {id}"))
+}
+
+/// Query parameters, rejected with the API's error shape (400
+/// `invalid_query`) instead of axum's plain-text answer.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::bad_request("invalid_query", format!("invalid query string: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Path parameters, rejected with the API's error shape (400
+/// `invalid_path`, e.g. an id that is not UTF-8 once percent-decoded).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Self(v)),
+            // A route without the parameters its handler asks for is our bug, not the client's.
+            Err(e) if e.status().is_server_error() => Err(ApiError::internal(e.body_text())),
+            Err(e) => Err(ApiError::bad_request("invalid_path", format!("invalid path: {}", e.body_text()))),
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! runtime), list, get, delete.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
@@ -55,23 +57,37 @@ impl Drop for Staging {
 /// images are skipped and listed in `rejected`.
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
     request_body(description = "the archive",
-        content(("multipart/form-data"), ("application/zip"), ("application/x-tar"), ("application/gzip"))),
+        content((super::types::UploadForm = "multipart/form-data"), (super::types::Binary = "application/zip"),
+            (super::types::Binary = "application/x-tar"), (super::types::Binary = "application/gzip"))),
     responses(
         (status = 201, body = Dataset),
-        (status = 400, description = "empty upload or no file field", body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 400, description = "empty upload, no file field, a malformed multipart body or query string", body = ErrorBody),
         (status = 413, description = "upload, expanded size or entry count over the limits", body = ErrorBody),
         (status = 415, description = "not multipart or an archive type, or the bytes are not an archive", body = ErrorBody),
-        (status = 422, description = "unsafe entry path, link entry, damaged archive, fewer than 2 classes or an empty class", body = ErrorBody),
+        (status = 422, description = "invalid name, unsafe entry path, link entry, damaged archive, fewer than 2 classes or an empty class", body = ErrorBody),
+        (status = 429, description = "too many uploads under way; see Retry-After", body = ErrorBody),
+        (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody),
     ),
     security((), ("api_key" = [])))]
 pub async fn create(
     State(st): State<SharedState>,
-    Query(q): Query<UploadQuery>,
+    super::body::ApiQuery(q): super::body::ApiQuery<UploadQuery>,
     req: Request,
 ) -> ApiResult<(StatusCode, Json<Dataset>)> {
     let limit = st.cfg.max_dataset_bytes;
     let req = check_declared_length(req, limit).await?;
+    // Held until the dataset is in place (or refused): bounds the disk and CPU
+    // that uploads take at once.
+    let _slot = st.upload_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many_requests_code(
+            "too_many_uploads",
+            format!("{} dataset uploads are already under way; retry shortly", st.cfg.max_concurrent_uploads),
+            5,
+        )
+    })?;
+    if let Some(n) = &q.name {
+        check_name(n)?;
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let mut staging = Staging { dir: st.artifacts.staging_dir().join(&id), keep: false };
     tokio::fs::create_dir_all(&staging.dir).await?;
@@ -104,17 +120,25 @@ pub async fn create(
     };
     let files = staging.dir.join(FILES_DIR);
     let started = std::time::Instant::now();
+    // A client that goes away drops this handler, and with it `abandon`: the
+    // extraction stops at its next entry and removes what it wrote.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let abandon = SetOnDrop(cancel.clone());
     let manifest = {
-        let (archive, files) = (archive.clone(), files.clone());
+        let (archive, files, dir) = (archive.clone(), files.clone(), staging.dir.clone());
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&files)?;
-            let m = ingest::ingest(&archive, &files, &limits);
+            let m = ingest::ingest(&archive, &files, &limits, &cancel);
             // The archive is not needed once extracted, whatever happened.
             let _ = std::fs::remove_file(&archive);
+            if cancel.load(Ordering::Acquire) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             m
         })
         .await??
     };
+    std::mem::forget(abandon);
     tracing::info!(dataset_id = %id, classes = manifest.classes.len(), images = manifest.samples.len(),
         rejected = manifest.rejected.len(), seconds = started.elapsed().as_secs_f64(), "dataset ingested");
 
@@ -184,13 +208,55 @@ async fn receive_multipart(req: Request, archive: &Path, limit: u64) -> ApiResul
             });
             got = Some((write_stream(chunks, archive, limit).await?, file_name));
         } else if field.name() == Some("name") {
-            name = Some(field.text().await.map_err(multipart_error)?);
+            let n = read_text_field(field, MAX_NAME_BYTES).await?;
+            check_name(&n)?;
+            name = Some(n);
+        } else {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("unexpected multipart field {:?}: send `file` and optionally `name`", field.name().unwrap_or("")),
+            ));
         }
     }
     let (n, file_name) = got.ok_or_else(|| {
         ApiError::bad_request("missing_file", "the multipart body has no file field (use -F file=@dataset.zip)")
     })?;
     Ok((n, name.or(file_name)))
+}
+
+/// Longest dataset name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// A dataset name: 1 to 200 bytes of text without control characters.
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            format!("a dataset name is 1 to {MAX_NAME_BYTES} bytes of text without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A text field of at most `max` bytes, read chunk by chunk (never whole).
+async fn read_text_field(mut field: axum::extract::multipart::Field<'_>, max: usize) -> ApiResult<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > max {
+            return Err(ApiError::unprocessable("invalid_name", format!("the `name` field is longer than {max} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| ApiError::unprocessable("invalid_name", "the `name` field is not UTF-8 text"))
+}
+
+/// Sets its flag when dropped (unless forgotten).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -204,8 +270,9 @@ pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError 
 
 /// List datasets, newest first.
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery),
-    responses((status = 200, body = DatasetList), (status = 400, body = ErrorBody)))]
-pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> ApiResult<Json<DatasetList>> {
+    responses((status = 200, body = DatasetList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super::body::ApiQuery<PageQuery>) -> ApiResult<Json<DatasetList>> {
     let limit = page_limit(q.limit, 20, 100);
     let rows = st
         .db
@@ -219,8 +286,9 @@ pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> 
 
 /// One dataset: classes, counts per class and split, rejected files with reasons.
 #[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
-    responses((status = 200, body = Dataset), (status = 404, body = ErrorBody)))]
-pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Dataset>> {
+    responses((status = 200, body = Dataset), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Dataset>> {
     check_id("dataset", &id)?;
     let row = st.db.get_dataset(&id).await?.ok_or_else(|| not_found("dataset", &id))?;
     Ok(Json(Dataset::from_row(row, true)?))
@@ -228,9 +296,10 @@ pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>
 
 /// Delete a dataset and its files (409 while a queued or running job uses it).
 #[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, description = "a queued or running job uses it", body = ErrorBody),
+        (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody)),
     security((), ("api_key" = [])))]
-pub async fn delete(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<StatusCode> {
+pub async fn delete(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<StatusCode> {
     check_id("dataset", &id)?;
     if st.db.get_dataset(&id).await?.is_none() {
         return Err(not_found("dataset", &id));

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::body::{check_id, not_found, JsonBody};
-use super::types::{Checkpoint, CheckpointList, CreateJob, EventQuery, Job, JobEvent, JobEventList, JobList, PageQuery};
+use super::types::{Checkpoint, ClassCount, CheckpointList, CreateJob, EventQuery, Job, JobEvent, JobEventList, JobList, PageQuery};
 use super::{page_limit, SharedState, STREAM_POLL};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::Variant;
@@ -26,23 +26,26 @@ use crate::store::db::{status, CancelOutcome};
     responses(
         (status = 201, body = Job),
         (status = 400, description = "malformed JSON", body = ErrorBody),
-        (status = 401, body = ErrorBody),
         (status = 404, description = "unknown dataset", body = ErrorBody),
+        (status = 413, description = "a body over 1 MiB", body = ErrorBody),
         (status = 415, body = ErrorBody),
-        (status = 422, description = "invalid hyper-parameters, or no pretrained weights for a full-size job", body = ErrorBody),
+        (status = 422, description = "invalid fields or hyper-parameters, no pretrained weights for a full-size job, or a job whose estimated peak memory exceeds the limit (job_too_large)", body = ErrorBody),
     ),
     security((), ("api_key" = [])))]
 pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<CreateJob>) -> ApiResult<(StatusCode, Json<Job>)> {
     check_id("dataset", &req.dataset_id)?;
-    if st.db.get_dataset(&req.dataset_id).await?.is_none() {
-        return Err(not_found("dataset", &req.dataset_id));
-    }
+    let dataset = st.db.get_dataset(&req.dataset_id).await?.ok_or_else(|| not_found("dataset", &req.dataset_id))?;
     let mut config = req.hyperparameters.unwrap_or_default();
     if let Some(b) = req.backbone {
         config.backbone = b;
     }
     validate(&config)?;
     let variant = req.variant.unwrap_or(Variant::Full);
+    let counts: Vec<ClassCount> = serde_json::from_str(&dataset.counts)?;
+    let images = counts.iter().map(|c| (c.train + c.validation) as u64).sum();
+    crate::train::memory::estimate(&config, variant, images)
+        .check(st.cfg.job_memory_budget())
+        .map_err(|m| ApiError::unprocessable("job_too_large", m))?;
     if variant == Variant::Full && !st.cfg.weights_path().exists() {
         return Err(ApiError::unprocessable(
             "weights_missing",
@@ -93,8 +96,9 @@ fn validate(c: &crate::train::TrainConfig) -> ApiResult<()> {
 
 /// List jobs, newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(PageQuery),
-    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
-pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> ApiResult<Json<JobList>> {
+    responses((status = 200, body = JobList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super::body::ApiQuery<PageQuery>) -> ApiResult<Json<JobList>> {
     let limit = page_limit(q.limit, 20, 100);
     let rows = st
         .db
@@ -108,8 +112,9 @@ pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> 
 
 /// One job: status, stage, epoch, latest metrics, error.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Job>> {
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Job>> {
     check_id("job", &id)?;
     let row = st.db.get_job(&id).await?.ok_or_else(|| not_found("job", &id))?;
     Ok(Json(Job::from_row(row)?))
@@ -119,9 +124,9 @@ pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>
 /// its next step (its `cancel_requested` turns true, then its status
 /// `cancelled`). A finished job gives 409.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "the job has finished", body = ErrorBody)),
     security((), ("api_key" = [])))]
-pub async fn cancel(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Job>> {
+pub async fn cancel(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Job>> {
     check_id("job", &id)?;
     match st.db.cancel_job(&id).await? {
         CancelOutcome::NotFound => return Err(not_found("job", &id)),
@@ -146,12 +151,15 @@ pub async fn cancel(State(st): State<SharedState>, UrlPath(id): UrlPath<String>)
 /// from `after` (or `Last-Event-ID`) and ends after the job's final status.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventQuery),
     responses(
-        (status = 200, description = "history page (JSON) or SSE stream: `id` = seq, `event` = type, `data` = JSON", body = JobEventList),
-        (status = 404, body = ErrorBody)))]
+        (status = 200, description = "history page (JSON) or SSE stream: `id` = seq, `event` = type, `data` = JSON",
+            content((JobEventList = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "invalid query string", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
 pub async fn events(
     State(st): State<SharedState>,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<EventQuery>,
+    super::body::ApiPath(id): super::body::ApiPath<String>,
+    super::body::ApiQuery(q): super::body::ApiQuery<EventQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_id("job", &id)?;
@@ -243,8 +251,9 @@ fn event_stream(
 
 /// A job's checkpoints (stage, epoch, metrics), oldest first.
 #[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = CheckpointList), (status = 404, body = ErrorBody)))]
-pub async fn checkpoints(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<CheckpointList>> {
+    responses((status = 200, body = CheckpointList), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn checkpoints(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<CheckpointList>> {
     check_id("job", &id)?;
     if st.db.get_job(&id).await?.is_none() {
         return Err(not_found("job", &id));

@@ -3,6 +3,7 @@
 
 mod body;
 mod datasets;
+mod guard;
 mod jobs;
 mod models;
 mod ops;
@@ -12,10 +13,10 @@ pub mod types;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -39,6 +40,7 @@ pub use ops::ApiDoc;
 /// What the handlers share.
 pub struct AppState {
     pub cfg: Arc<ServeConfig>,
+    pub access: guard::Access,
     pub db: Db,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub registry: Registry,
@@ -46,6 +48,8 @@ pub struct AppState {
     pub job_events: Arc<Notify>,
     pub metrics: Option<PrometheusHandle>,
     pub shutdown: CancellationToken,
+    /// Room for dataset uploads under way (receiving or extracting).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -76,6 +80,17 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let cfg = Arc::new(cfg);
+    let bound = listener.local_addr()?;
+    let access = guard::Access::from_config(&cfg, bound).map_err(ServeError::Config)?;
+    if !access.keyed() && !bound.ip().is_loopback() && !cfg.allow_unauthenticated {
+        return Err(ServeError::Config(format!(
+            "refusing to listen on {bound} without an API key: anyone who reaches it could train, read and delete. \
+             Set TUNESERVE_API_KEY (or --api-key / --api-key-file), bind 127.0.0.1, or pass --allow-unauthenticated"
+        )));
+    }
+    if !access.keyed() && !bound.ip().is_loopback() {
+        tracing::warn!(addr = %bound, "serving WITHOUT an API key on a non-loopback address (--allow-unauthenticated)");
+    }
     std::fs::create_dir_all(&cfg.data_dir)?;
     let device = cfg.candle_device().map_err(ServeError::Config)?;
     let db = Db::connect(&cfg.database_url()).await?;
@@ -93,12 +108,14 @@ pub async fn serve_with(
     let state = Arc::new(AppState {
         registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits, pools.predict.clone()),
         cfg: cfg.clone(),
+        access,
         db: db.clone(),
         artifacts: artifacts.clone(),
         jobs_queued: Arc::new(Notify::new()),
         job_events: Arc::new(Notify::new()),
         metrics: metrics_handle(),
         shutdown: token.clone(),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads as usize)),
     });
 
     let ctx = Arc::new(JobContext {
@@ -162,8 +179,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/models/{id}", get(models::get_one))
         .route("/models/{id}/default", post(models::make_default))
         .route("/models/{id}/predict", post(predict::predict_model).layer(predict_limit))
-        .route("/predict", post(predict::predict).layer(predict_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route("/predict", post(predict::predict).layer(predict_limit));
 
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
@@ -180,10 +196,13 @@ pub fn router(state: SharedState) -> Router {
                 .fallback(not_found.into_service()),
         )
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(cors(state.access.cors_origins()))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            // The path only: a query may carry an access token.
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -198,34 +217,23 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
-/// With an API key configured, every mutating route needs
-/// `Authorization: Bearer <key>`. Reads and predictions stay open.
-async fn require_api_key(State(st): State<SharedState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.cfg.api_key {
-        let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        let predict = req.uri().path().ends_with("/predict");
-        if mutating && !predict {
-            let given = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
-                Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => {}
-                Some(_) => return ApiError::unauthorized("wrong API key").into_response(),
-                None => {
-                    return ApiError::unauthorized("this route needs `Authorization: Bearer <API key>`")
-                        .into_response()
-                }
-            }
-        }
+/// CORS for the configured origins only; none configured, no CORS headers
+/// at all (browsers then keep other sites' pages from reading answers).
+fn cors(origins: &[String]) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<_> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if list.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
     }
-    next.run(req).await
-}
-
-/// Compares without an early exit, so timing does not reveal the key's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    tower::util::Either::Left(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(600)))
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {

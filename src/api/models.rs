@@ -2,12 +2,12 @@
 //! checkpoint metadata and download.
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::body::{check_id, not_found};
+use super::body::{check_id, not_found, ApiPath, ApiQuery};
 use super::types::{Checkpoint, Model, ModelList, PageQuery};
 use super::{page_limit, SharedState};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -15,8 +15,9 @@ use crate::train::checkpoint::{META_FILE, MODEL_FILE};
 
 /// List published models, newest first.
 #[utoipa::path(get, path = "/v1/models", tag = "models", params(PageQuery),
-    responses((status = 200, body = ModelList), (status = 400, body = ErrorBody)))]
-pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> ApiResult<Json<ModelList>> {
+    responses((status = 200, body = ModelList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn list(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<ModelList>> {
     let limit = page_limit(q.limit, 20, 100);
     let rows = st
         .db
@@ -29,8 +30,9 @@ pub async fn list(State(st): State<SharedState>, Query(q): Query<PageQuery>) -> 
 }
 
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "models", params(("id" = String, Path)),
-    responses((status = 200, body = Model), (status = 404, body = ErrorBody)))]
-pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Model>> {
+    responses((status = 200, body = Model), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn get_one(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
     check_id("model", &id)?;
     let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
     Ok(Json(Model::from_row(row)?))
@@ -39,9 +41,9 @@ pub async fn get_one(State(st): State<SharedState>, UrlPath(id): UrlPath<String>
 /// Make this model the default one (used by POST /v1/predict). Each newly
 /// published model becomes the default; this switches back or forth.
 #[utoipa::path(post, path = "/v1/models/{id}/default", tag = "models", params(("id" = String, Path)),
-    responses((status = 200, body = Model), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Model), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
-pub async fn make_default(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Model>> {
+pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
     check_id("model", &id)?;
     if !st.db.set_default_model(&id).await? {
         return Err(not_found("model", &id));
@@ -51,8 +53,9 @@ pub async fn make_default(State(st): State<SharedState>, UrlPath(id): UrlPath<St
 }
 
 #[utoipa::path(get, path = "/v1/checkpoints/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Checkpoint), (status = 404, body = ErrorBody)))]
-pub async fn checkpoint(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<Checkpoint>> {
+    responses((status = 200, body = Checkpoint), (status = 404, body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn checkpoint(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Checkpoint>> {
     check_id("checkpoint", &id)?;
     let row = st.db.get_checkpoint(&id).await?.ok_or_else(|| not_found("checkpoint", &id))?;
     Ok(Json(Checkpoint::from_row(row)?))
@@ -61,9 +64,11 @@ pub async fn checkpoint(State(st): State<SharedState>, UrlPath(id): UrlPath<Stri
 /// Download a checkpoint: an uncompressed tar holding `model.safetensors`
 /// (weights in the Keras layout, canonical names) and `meta.json`.
 #[utoipa::path(get, path = "/v1/checkpoints/{id}/download", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, content_type = "application/x-tar", description = "model.safetensors + meta.json"),
-        (status = 404, body = ErrorBody)))]
-pub async fn download(State(st): State<SharedState>, UrlPath(id): UrlPath<String>) -> ApiResult<Response> {
+    responses((status = 200, content_type = "application/x-tar", body = super::types::Binary, description = "model.safetensors + meta.json"),
+        (status = 404, description = "unknown checkpoint, or its files are gone", body = ErrorBody),
+        (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn download(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
     check_id("checkpoint", &id)?;
     let row = st.db.get_checkpoint(&id).await?.ok_or_else(|| not_found("checkpoint", &id))?;
     let dir = st.artifacts.fetch_checkpoint(&row.job_id, &row.name).await?;

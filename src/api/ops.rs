@@ -5,7 +5,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use serde_json::json;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::types::*;
@@ -26,7 +29,7 @@ use crate::store::db::status;
         health, ready, metrics,
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::train::Event, crate::train::checkpoint::CheckpointMeta)),
-    modifiers(&BearerKey),
+    modifiers(&BearerKey, &Contract),
     tags(
         (name = "datasets", description = "Upload and inspect image datasets"),
         (name = "jobs", description = "Training jobs, their events and checkpoints"),
@@ -45,6 +48,158 @@ impl Modify for BearerKey {
             c.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
         }
     }
+}
+
+/// The API's name for each operation (unique; utoipa would use the function
+/// names, which repeat across modules).
+const OPERATION_IDS: &[(&str, &str, &str)] = &[
+    ("post", "/v1/datasets", "create_dataset"),
+    ("get", "/v1/datasets", "list_datasets"),
+    ("get", "/v1/datasets/{id}", "get_dataset"),
+    ("delete", "/v1/datasets/{id}", "delete_dataset"),
+    ("post", "/v1/jobs", "create_job"),
+    ("get", "/v1/jobs", "list_jobs"),
+    ("get", "/v1/jobs/{id}", "get_job"),
+    ("post", "/v1/jobs/{id}/cancel", "cancel_job"),
+    ("get", "/v1/jobs/{id}/events", "list_job_events"),
+    ("get", "/v1/jobs/{id}/checkpoints", "list_job_checkpoints"),
+    ("get", "/v1/checkpoints/{id}", "get_checkpoint"),
+    ("get", "/v1/checkpoints/{id}/download", "download_checkpoint"),
+    ("get", "/v1/models", "list_models"),
+    ("get", "/v1/models/{id}", "get_model"),
+    ("post", "/v1/models/{id}/default", "set_default_model"),
+    ("post", "/v1/models/{id}/predict", "predict_with_model"),
+    ("post", "/v1/predict", "predict"),
+    ("get", "/health", "health"),
+    ("get", "/ready", "ready"),
+    ("get", "/metrics", "metrics"),
+];
+
+/// OpenAPI links: what a response names that another operation takes.
+/// (source operation, status, link name, target operation, `id` expression,
+/// request body with expressions).
+const LINKS: &[(&str, &str, &str, &str, Option<&str>, Option<&str>)] = &[
+    ("create_dataset", "201", "GetDataset", "get_dataset", Some("$response.body#/id"), None),
+    ("create_dataset", "201", "DeleteDataset", "delete_dataset", Some("$response.body#/id"), None),
+    ("create_dataset", "201", "CreateJob", "create_job", None, Some("$response.body#/id")),
+    ("list_datasets", "200", "GetDataset", "get_dataset", Some("$response.body#/data/0/id"), None),
+    ("list_datasets", "200", "DeleteDataset", "delete_dataset", Some("$response.body#/data/0/id"), None),
+    ("list_datasets", "200", "CreateJob", "create_job", None, Some("$response.body#/data/0/id")),
+    ("get_dataset", "200", "DeleteDataset", "delete_dataset", Some("$response.body#/id"), None),
+    ("get_dataset", "200", "CreateJob", "create_job", None, Some("$response.body#/id")),
+    ("create_job", "201", "GetJob", "get_job", Some("$response.body#/id"), None),
+    ("create_job", "201", "CancelJob", "cancel_job", Some("$response.body#/id"), None),
+    ("create_job", "201", "ListJobEvents", "list_job_events", Some("$response.body#/id"), None),
+    ("create_job", "201", "ListJobCheckpoints", "list_job_checkpoints", Some("$response.body#/id"), None),
+    ("create_job", "201", "GetDataset", "get_dataset", Some("$response.body#/dataset_id"), None),
+    ("list_jobs", "200", "GetJob", "get_job", Some("$response.body#/data/0/id"), None),
+    ("list_jobs", "200", "CancelJob", "cancel_job", Some("$response.body#/data/0/id"), None),
+    ("list_jobs", "200", "ListJobEvents", "list_job_events", Some("$response.body#/data/0/id"), None),
+    ("list_jobs", "200", "ListJobCheckpoints", "list_job_checkpoints", Some("$response.body#/data/0/id"), None),
+    ("get_job", "200", "CancelJob", "cancel_job", Some("$response.body#/id"), None),
+    ("get_job", "200", "ListJobEvents", "list_job_events", Some("$response.body#/id"), None),
+    ("get_job", "200", "ListJobCheckpoints", "list_job_checkpoints", Some("$response.body#/id"), None),
+    ("get_job", "200", "GetDataset", "get_dataset", Some("$response.body#/dataset_id"), None),
+    ("cancel_job", "200", "GetJob", "get_job", Some("$response.body#/id"), None),
+    ("cancel_job", "200", "ListJobEvents", "list_job_events", Some("$response.body#/id"), None),
+    ("list_job_checkpoints", "200", "GetCheckpoint", "get_checkpoint", Some("$response.body#/data/0/id"), None),
+    ("list_job_checkpoints", "200", "DownloadCheckpoint", "download_checkpoint", Some("$response.body#/data/0/id"), None),
+    ("get_checkpoint", "200", "DownloadCheckpoint", "download_checkpoint", Some("$response.body#/id"), None),
+    ("get_checkpoint", "200", "GetJob", "get_job", Some("$response.body#/job_id"), None),
+    ("list_models", "200", "GetModel", "get_model", Some("$response.body#/data/0/id"), None),
+    ("list_models", "200", "SetDefaultModel", "set_default_model", Some("$response.body#/data/0/id"), None),
+    ("list_models", "200", "PredictWithModel", "predict_with_model", Some("$response.body#/data/0/id"), None),
+    ("get_model", "200", "SetDefaultModel", "set_default_model", Some("$response.body#/id"), None),
+    ("get_model", "200", "PredictWithModel", "predict_with_model", Some("$response.body#/id"), None),
+    ("get_model", "200", "GetJob", "get_job", Some("$response.body#/job_id"), None),
+    ("get_model", "200", "GetCheckpoint", "get_checkpoint", Some("$response.body#/checkpoint_id"), None),
+    ("set_default_model", "200", "GetModel", "get_model", Some("$response.body#/id"), None),
+    ("set_default_model", "200", "PredictWithModel", "predict_with_model", Some("$response.body#/id"), None),
+    ("predict", "200", "GetModel", "get_model", Some("$response.body#/model"), None),
+    ("predict_with_model", "200", "GetModel", "get_model", Some("$response.body#/model"), None),
+];
+
+/// Makes the document complete for clients and contract testers: unique
+/// operationIds, the answers every operation can give (the access guard's
+/// 401/403, 503 when the database is down, 400 for a query string or path
+/// that does not parse), and links between operations.
+struct Contract;
+
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+        .build()
+}
+
+fn operations(api: &mut utoipa::openapi::OpenApi) -> Vec<(&'static str, &str, &mut Operation)> {
+    let mut out = Vec::new();
+    for (path, item) in api.paths.paths.iter_mut() {
+        for (method, op) in [("get", &mut item.get), ("post", &mut item.post), ("delete", &mut item.delete)] {
+            if let Some(op) = op.as_mut() {
+                out.push((method, path.as_str(), op));
+            }
+        }
+    }
+    out
+}
+
+impl Modify for Contract {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        for (method, path, op) in operations(api) {
+            if let Some((_, _, id)) = OPERATION_IDS.iter().find(|(m, p, _)| *m == method && *p == path) {
+                op.operation_id = Some(id.to_string());
+            }
+            let has = |op: &Operation, kind: ParameterIn| {
+                op.parameters.iter().flatten().any(|p| p.parameter_in == kind)
+            };
+            let (query, url) = (has(op, ParameterIn::Query), has(op, ParameterIn::Path));
+            let mut add = |status: &str, description: &str| {
+                op.responses.responses.entry(status.to_string()).or_insert_with(|| error_response(description).into());
+            };
+            if query || url {
+                add("400", "a query string or path that does not parse (invalid_query, invalid_path)");
+            }
+            let guarded = path.starts_with("/v1/") || path == "/metrics";
+            if guarded {
+                add("401", "no or a wrong API key (when the server has keys)");
+            }
+            add("403", "a keyless server refuses foreign Host names and cross-site writes (host_not_allowed, origin_not_allowed)");
+            if path.starts_with("/v1/") {
+                add("503", "the database is unavailable (database_unavailable)");
+            }
+        }
+    }
+}
+
+/// The served document: [`ApiDoc`] plus its links. (utoipa 5 writes a Link's
+/// fields in snake_case, `operation_id`, which no client reads, so the links
+/// are added to the JSON.)
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return doc };
+    for (source, status, name, target, id, body) in LINKS {
+        let mut link = json!({ "operationId": target });
+        if let Some(e) = id {
+            link["parameters"] = json!({ "id": e });
+        }
+        if let Some(e) = body {
+            link["requestBody"] = json!({ "dataset_id": e });
+        }
+        let op = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .find(|op| op.get("operationId").and_then(|v| v.as_str()) == Some(*source));
+        let Some(resp) = op.and_then(|op| op.pointer_mut(&format!("/responses/{status}"))) else {
+            debug_assert!(false, "link {name} from {source} {status}: no such response");
+            continue;
+        };
+        if let Some(resp) = resp.as_object_mut() {
+            resp.entry("links").or_insert_with(|| json!({}))[*name] = link;
+        }
+    }
+    doc
 }
 
 /// Liveness: the process answers.
@@ -82,7 +237,8 @@ pub async fn ready(State(st): State<SharedState>) -> ApiResult<Json<Ready>> {
 /// Prometheus metrics: HTTP requests and latencies, prediction queue depth
 /// and throughput, job counts by status, training img/s.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain", description = "Prometheus text format")))]
+    responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format")),
+    security((), ("api_key" = [])))]
 pub async fn metrics(State(st): State<SharedState>) -> Response {
     // Job counts come from the database, so they are right across processes.
     if let Ok(counts) = st.db.job_counts().await {
@@ -95,8 +251,9 @@ pub async fn metrics(State(st): State<SharedState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi() -> Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(document).clone())
 }
 
 /// A self-contained page (no CDN) that renders /openapi.json.

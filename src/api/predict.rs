@@ -25,16 +25,18 @@ use crate::serve::registry::LoadedModel;
 /// fields, or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.
 /// Concurrent requests are batched together on the model's device.
 #[utoipa::path(post, path = "/v1/predict", tag = "predict",
-    request_body(content((PredictJson = "application/json"), ("image/jpeg"), ("image/png"), ("multipart/form-data"))),
+    request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
+        (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
     responses(
         (status = 200, body = PredictResponse),
-        (status = 400, description = "no image, malformed JSON or base64", body = ErrorBody),
-        (status = 413, body = ErrorBody),
+        (status = 400, description = "no image, malformed JSON, multipart or base64", body = ErrorBody),
+        (status = 413, description = "body over the limit, too many images, or more pixels than a request may hold", body = ErrorBody),
         (status = 415, description = "unsupported content type, or a file that is not an image", body = ErrorBody),
-        (status = 422, description = "a damaged image, or one too large in pixels", body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape, a damaged image, or one too large in pixels", body = ErrorBody),
         (status = 429, description = "queue full; see Retry-After", body = ErrorBody),
-        (status = 503, description = "no model published yet", body = ErrorBody),
-    ))]
+        (status = 503, description = "no model published yet, the model cannot be loaded, or the prediction deadline passed (Retry-After)", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])))]
 pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<Json<PredictResponse>> {
     let req = check_declared_length(req, st.cfg.max_predict_bytes as u64).await?;
     let model = st.registry.default_model().await?;
@@ -43,11 +45,22 @@ pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<J
 
 /// Classify images with a given model (same inputs as /v1/predict).
 #[utoipa::path(post, path = "/v1/models/{id}/predict", tag = "predict", params(("id" = String, Path)),
-    request_body(content((PredictJson = "application/json"), ("image/jpeg"), ("image/png"), ("multipart/form-data"))),
-    responses((status = 200, body = PredictResponse), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
+        (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
+    responses(
+        (status = 200, body = PredictResponse),
+        (status = 400, description = "no image, malformed JSON, multipart or base64", body = ErrorBody),
+        (status = 413, description = "body over the limit, too many images, or more pixels than a request may hold", body = ErrorBody),
+        (status = 415, description = "unsupported content type, or a file that is not an image", body = ErrorBody),
+        (status = 422, description = "JSON of the wrong shape, a damaged image, or one too large in pixels", body = ErrorBody),
+        (status = 429, description = "queue full; see Retry-After", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, description = "the model cannot be loaded, or the prediction deadline passed (Retry-After)", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])))]
 pub async fn predict_model(
     State(st): State<SharedState>,
-    UrlPath(id): UrlPath<String>,
+    super::body::ApiPath(id): super::body::ApiPath<String>,
     req: Request,
 ) -> ApiResult<Json<PredictResponse>> {
     check_id("model", &id)?;
@@ -67,17 +80,36 @@ async fn run(st: &SharedState, model: Arc<LoadedModel>, req: Request) -> ApiResu
             format!("at most {} images per request", st.cfg.predict_max_queue),
         ));
     }
+    // Room in the queue first: an overloaded server answers 429 before it
+    // spends any CPU on decoding.
+    let room = model.batcher.reserve(blobs.len())?;
     let size = model.image_size as u32;
     let limits = st.cfg.decode_limits();
+    let budget = st.cfg.max_request_pixels;
+    let pool = st.registry.pool();
     let images = tokio::task::spawn_blocking(move || {
-        blobs
-            .par_iter()
-            .enumerate()
-            .map(|(i, b)| image::load_for_model(b, (size, size), &limits).map_err(|e| image_error(i, e)))
-            .collect::<ApiResult<Vec<_>>>()
+        // Headers only, then the budget, then the pixels.
+        let mut pixels = 0u64;
+        for (i, b) in blobs.iter().enumerate() {
+            let (w, h) = image::dimensions(b).map_err(|e| image_error(i, e))?;
+            pixels += w as u64 * h as u64;
+        }
+        if pixels > budget {
+            return Err(ApiError::too_large(
+                "too_many_pixels",
+                format!("the images hold {pixels} pixels together; one request may hold at most {budget}"),
+            ));
+        }
+        pool.install(|| {
+            blobs
+                .par_iter()
+                .enumerate()
+                .map(|(i, b)| image::load_for_model(b, (size, size), &limits).map_err(|e| image_error(i, e)))
+                .collect::<ApiResult<Vec<_>>>()
+        })
     })
     .await??;
-    let preds = model.batcher.predict(images).await?;
+    let preds = model.batcher.predict(room, images).await?;
     let predictions = preds
         .into_iter()
         .map(|p| PredictionOut { logits: p.logits, probabilities: p.probabilities, label: p.label })

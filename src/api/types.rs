@@ -69,6 +69,8 @@ pub struct DatasetList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
+    /// The dataset to train on (a dataset id, a UUID).
+    #[schema(format = Uuid)]
     pub dataset_id: String,
     /// Overrides `hyperparameters.backbone`.
     pub backbone: Option<BackboneKind>,
@@ -263,9 +265,38 @@ pub struct ModelList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictJson {
+    /// One base64 image.
     pub image: Option<String>,
+    /// Several base64 images (at most `--predict-max-queue` in all, 128 by default).
     pub images: Option<Vec<String>>,
 }
+
+/// The multipart form of a dataset upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The archive (zip, tar or tar.gz).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// A name for the dataset: 1 to 200 bytes of text without control characters.
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+}
+
+/// The multipart form of a prediction: one or more image file fields.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PredictForm {
+    /// An image (JPEG, PNG, ...); send the field several times for several images.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+}
+
+/// Raw bytes: an archive, or an image.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Binary(Vec<u8>);
 
 #[derive(Serialize, ToSchema)]
 pub struct PredictionOut {
@@ -302,7 +333,9 @@ pub struct EventQuery {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct UploadQuery {
-    /// A name for the dataset (default: the uploaded file's name).
+    /// A name for the dataset (default: the uploaded file's name): 1 to 200
+    /// bytes of text without control characters.
+    #[param(min_length = 1, max_length = 200)]
     pub name: Option<String>,
 }
 

@@ -97,7 +97,7 @@ fn dataset_dir(args: &TrainArgs) -> anyhow::Result<(PathBuf, DatasetManifest)> {
     if dest.exists() {
         std::fs::remove_dir_all(&dest)?;
     }
-    let manifest = crate::data::ingest::ingest(&args.data, &dest, &Default::default())?;
+    let manifest = crate::data::ingest::ingest(&args.data, &dest, &Default::default(), &Default::default())?;
     Ok((dest, manifest))
 }
 

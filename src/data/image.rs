@@ -195,6 +195,16 @@ fn describe_non_image(bytes: &[u8]) -> String {
     format!("unknown binary data (starts with {})", hex.join(" "))
 }
 
+/// Width and height from the header alone (no pixels are decoded).
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    sniff(bytes)?;
+    ::image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?
+        .into_dimensions()
+        .map_err(corrupt)
+}
+
 /// Decode an encoded image into 8-bit RGB, upright per its EXIF orientation.
 ///
 /// Errors: [`ImageError::NotAnImage`] / [`ImageError::Unsupported`] from the

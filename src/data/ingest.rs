@@ -13,6 +13,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -50,6 +51,10 @@ pub enum IngestError {
     TooManyEntries(u64),
     #[error("the archive expands to more than {0} bytes")]
     TooLarge(u64),
+    #[error("entry {0:?} is larger than the limit of {1} bytes per file")]
+    EntryTooLarge(String, u64),
+    #[error("the upload was abandoned")]
+    Cancelled,
     #[error("the archive is damaged: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -94,21 +99,43 @@ pub fn sniff(path: &Path) -> Result<ArchiveKind, IngestError> {
 }
 
 /// Extracts `archive` into `dest` (which must exist and be empty), validates
-/// every image, and scans the result.
-pub fn ingest(archive: &Path, dest: &Path, limits: &IngestLimits) -> Result<DatasetManifest, IngestError> {
+/// every image, and scans the result. Setting `cancel` stops the work at the
+/// next entry or image (the caller removes what was written).
+pub fn ingest(
+    archive: &Path,
+    dest: &Path,
+    limits: &IngestLimits,
+    cancel: &AtomicBool,
+) -> Result<DatasetManifest, IngestError> {
     let mut rejected = Vec::new();
+    let mut x = Extraction { dest, limits, cancel, rejected: &mut rejected, written: 0 };
     let files = match sniff(archive)? {
-        ArchiveKind::Zip => extract_zip(archive, dest, limits, &mut rejected)?,
-        ArchiveKind::Tar => extract_tar(fs::File::open(archive)?, dest, limits, &mut rejected)?,
+        ArchiveKind::Zip => extract_zip(archive, &mut x)?,
+        ArchiveKind::Tar => extract_tar(fs::File::open(archive)?, &mut x)?,
         ArchiveKind::TarGz => {
             // The tar stream's headers and padding add at most ~1 KiB per entry.
             let cap = limits.max_uncompressed_bytes + limits.max_entries * 1024 + (1 << 20);
             let gz = flate2::read::GzDecoder::new(io::BufReader::new(fs::File::open(archive)?));
-            extract_tar(CappedReader { inner: gz, left: cap, limit: limits.max_uncompressed_bytes }, dest, limits, &mut rejected)?
+            extract_tar(CappedReader { inner: gz, left: cap, limit: limits.max_uncompressed_bytes }, &mut x)?
         }
     };
-    rejected.extend(validate_images(dest, &files, limits));
+    let invalid = validate_images(dest, &files, limits, cancel);
+    if cancel.load(Ordering::Relaxed) {
+        return Err(IngestError::Cancelled);
+    }
+    rejected.extend(invalid);
     scan(dest, rejected)
+}
+
+/// One archive's extraction under way: where it goes, what it may use, what
+/// it has written so far and which entries it skipped.
+struct Extraction<'a> {
+    dest: &'a Path,
+    limits: &'a IngestLimits,
+    cancel: &'a AtomicBool,
+    rejected: &'a mut Vec<Rejected>,
+    /// Bytes of all entries so far: every decompressed byte counts.
+    written: u64,
 }
 
 /// A relative path made only of normal components, or None.
@@ -146,56 +173,61 @@ fn display(rel: &Path) -> String {
     rel.to_string_lossy().replace('\\', "/")
 }
 
-/// Writes one entry's bytes under `dest`, counting them against the budget.
-/// Returns false (and records why) when the entry was skipped.
-fn write_entry(
-    dest: &Path,
-    rel: &Path,
-    mut data: impl Read,
-    written: &mut u64,
-    limits: &IngestLimits,
-    rejected: &mut Vec<Rejected>,
-) -> Result<bool, IngestError> {
-    let target = dest.join(rel);
-    if let Some(parent) = target.parent() {
-        if let Err(e) = fs::create_dir_all(parent) {
-            let reason = match e.kind() {
-                io::ErrorKind::InvalidFilename => "a folder name is too long",
-                _ => "its folder clashes with a file of the same name",
-            };
-            rejected.push(Rejected { path: display(rel), reason: reason.into() });
-            return Ok(false);
+impl Extraction<'_> {
+    /// Writes one entry's bytes under `dest`, counting them against the
+    /// budget. Returns false (and records why) when the entry was skipped; an
+    /// entry over the per-file cap refuses the whole archive, so that no
+    /// archive can make the server decompress more than its budget.
+    fn write_entry(&mut self, rel: &Path, mut data: impl Read) -> Result<bool, IngestError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(IngestError::Cancelled);
         }
-    }
-    let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(&target) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            rejected.push(Rejected { path: display(rel), reason: "duplicate entry".into() });
-            return Ok(false);
+        let limits = self.limits;
+        let target = self.dest.join(rel);
+        if let Some(parent) = target.parent() {
+            if let Err(e) = fs::create_dir_all(parent) {
+                let reason = match e.kind() {
+                    io::ErrorKind::InvalidFilename => "a folder name is too long",
+                    _ => "its folder clashes with a file of the same name",
+                };
+                self.rejected.push(Rejected { path: display(rel), reason: reason.into() });
+                return Ok(false);
+            }
         }
-        Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
-            rejected.push(Rejected { path: display(rel), reason: "file name too long".into() });
-            return Ok(false);
+        let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(&target) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.rejected.push(Rejected { path: display(rel), reason: "duplicate entry".into() });
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
+                self.rejected.push(Rejected { path: display(rel), reason: "file name too long".into() });
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Read at most one byte past what is allowed, to tell "exactly at the
+        // limit" from "over it" without trusting any declared size.
+        let budget = (limits.max_uncompressed_bytes - self.written).min(limits.max_file_bytes) + 1;
+        let n = io::copy(&mut (&mut data).take(budget), &mut out).map_err(|e| corrupt_or_io(e, limits))?;
+        self.written += n;
+        if self.written > limits.max_uncompressed_bytes {
+            return Err(IngestError::TooLarge(limits.max_uncompressed_bytes));
         }
-        Err(e) => return Err(e.into()),
-    };
-    // Read at most one byte past what is allowed, to tell "exactly at the
-    // limit" from "over it" without trusting any declared size.
-    let budget = (limits.max_uncompressed_bytes - *written).min(limits.max_file_bytes) + 1;
-    let n = io::copy(&mut (&mut data).take(budget), &mut out).map_err(|e| corrupt_or_io(e, limits))?;
-    *written += n;
-    if *written > limits.max_uncompressed_bytes {
-        return Err(IngestError::TooLarge(limits.max_uncompressed_bytes));
+        if n > limits.max_file_bytes {
+            return Err(IngestError::EntryTooLarge(display(rel), limits.max_file_bytes));
+        }
+        out.flush()?;
+        Ok(true)
     }
-    if n > limits.max_file_bytes {
-        drop(out);
-        fs::remove_file(&target)?;
-        *written -= n;
-        rejected.push(Rejected { path: display(rel), reason: format!("file larger than {} bytes", limits.max_file_bytes) });
-        return Ok(false);
+
+    fn skip_hidden(&mut self, rel: &Path) -> bool {
+        let hidden = is_hidden(rel);
+        if hidden {
+            self.rejected.push(Rejected { path: display(rel), reason: "hidden or system file".into() });
+        }
+        hidden
     }
-    out.flush()?;
-    Ok(true)
 }
 
 /// Errors while reading the archive are the archive's fault, not the
@@ -212,19 +244,14 @@ fn corrupt_or_io(e: io::Error, limits: &IngestLimits) -> IngestError {
     }
 }
 
-fn extract_zip(
-    archive: &Path,
-    dest: &Path,
-    limits: &IngestLimits,
-    rejected: &mut Vec<Rejected>,
-) -> Result<Vec<PathBuf>, IngestError> {
+fn extract_zip(archive: &Path, x: &mut Extraction) -> Result<Vec<PathBuf>, IngestError> {
+    let limits = x.limits;
     let mut zip = zip::ZipArchive::new(io::BufReader::new(fs::File::open(archive)?))
         .map_err(|e| IngestError::Corrupt(e.to_string()))?;
     if zip.len() as u64 > limits.max_entries {
         return Err(IngestError::TooManyEntries(limits.max_entries));
     }
     let mut files = Vec::new();
-    let mut written = 0u64;
     for i in 0..zip.len() {
         let entry = zip.by_index(i).map_err(|e| match e {
             zip::result::ZipError::Io(e) => corrupt_or_io(e, limits),
@@ -235,30 +262,21 @@ fn extract_zip(
         if entry.is_symlink() {
             return Err(IngestError::Link(name));
         }
-        if entry.is_dir() {
+        if entry.is_dir() || x.skip_hidden(&rel) {
             continue;
         }
-        if is_hidden(&rel) {
-            rejected.push(Rejected { path: display(&rel), reason: "hidden or system file".into() });
-            continue;
-        }
-        if write_entry(dest, &rel, entry, &mut written, limits, rejected)? {
+        if x.write_entry(&rel, entry)? {
             files.push(rel);
         }
     }
     Ok(files)
 }
 
-fn extract_tar(
-    reader: impl Read,
-    dest: &Path,
-    limits: &IngestLimits,
-    rejected: &mut Vec<Rejected>,
-) -> Result<Vec<PathBuf>, IngestError> {
+fn extract_tar(reader: impl Read, x: &mut Extraction) -> Result<Vec<PathBuf>, IngestError> {
     use tar::EntryType;
+    let limits = x.limits;
     let mut tar = tar::Archive::new(reader);
     let mut files = Vec::new();
-    let mut written = 0u64;
     let mut count = 0u64;
     for entry in tar.entries().map_err(|e| corrupt_or_io(e, limits))? {
         let entry = entry.map_err(|e| corrupt_or_io(e, limits))?;
@@ -275,11 +293,10 @@ fn extract_tar(
             EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => continue,
             _ => return Err(IngestError::Link(name)),
         }
-        if is_hidden(&rel) {
-            rejected.push(Rejected { path: display(&rel), reason: "hidden or system file".into() });
+        if x.skip_hidden(&rel) {
             continue;
         }
-        if write_entry(dest, &rel, entry, &mut written, limits, rejected)? {
+        if x.write_entry(&rel, entry)? {
             files.push(rel);
         }
     }
@@ -309,10 +326,13 @@ impl<R: Read> Read for CappedReader<R> {
 
 /// Decodes every extracted file; those that are not usable images are
 /// deleted and returned as rejections.
-fn validate_images(dest: &Path, files: &[PathBuf], limits: &IngestLimits) -> Vec<Rejected> {
+fn validate_images(dest: &Path, files: &[PathBuf], limits: &IngestLimits, cancel: &AtomicBool) -> Vec<Rejected> {
     files
         .par_iter()
         .filter_map(|rel| {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
             let path = dest.join(rel);
             let verdict = fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| {
                 image::decode(&bytes, &limits.image).map(|_| ()).map_err(|e| e.to_string())

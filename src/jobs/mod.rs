@@ -55,7 +55,7 @@ pub struct JobContext {
 /// last checkpoint), starts the sweeper that does the same for jobs of
 /// silent processes, and `n` worker threads.
 pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>, crate::error::ServeError> {
-    let resumed = ctx.db.requeue_orphans(Some(&ctx.instance), ctx.cfg.lease()).await?;
+    let resumed = recover_orphans(&ctx, Some(&ctx.instance)).await?;
     if resumed > 0 {
         info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
     }
@@ -83,7 +83,7 @@ async fn sweep_stale(ctx: Arc<JobContext>) {
             _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match ctx.db.requeue_orphans(None, ctx.cfg.lease()).await {
+        match recover_orphans(&ctx, None).await {
             Ok(0) => {}
             Ok(n) => {
                 warn!(jobs = n, "took over jobs whose worker stopped sending heartbeats; they resume from their last checkpoint");
@@ -92,6 +92,30 @@ async fn sweep_stale(ctx: Arc<JobContext>) {
             Err(e) => warn!(error = %e, "could not look for abandoned jobs"),
         }
     }
+}
+
+/// Requeues the jobs whose process died while running them (see
+/// [`Db::recover_orphans`]), failing those that died too often; returns how
+/// many were queued again.
+async fn recover_orphans(ctx: &JobContext, instance: Option<&str>) -> Result<u64, db::DbError> {
+    let max = ctx.cfg.max_attempts;
+    let error = format!(
+        "the process running this job stopped without finishing it {max} time(s) (killed, perhaps for lack of \
+         memory); it is not started again (see --max-attempts)"
+    );
+    let orphans = ctx.db.recover_orphans(instance, ctx.cfg.lease(), max as i64, &error).await?;
+    for id in &orphans.failed {
+        warn!(job_id = %id, crashes = max, "job failed: its process died too often while running it");
+        metrics::counter!("tuneserve_jobs_finished_total", "status" => status::FAILED).increment(1);
+        let seq = ctx.db.next_event_seq(id).await?;
+        ctx.db
+            .insert_event(id, seq, "status", &json!({"type": "status", "status": status::FAILED, "error": error}).to_string())
+            .await?;
+    }
+    if !orphans.failed.is_empty() {
+        ctx.events.notify_waiters();
+    }
+    Ok(orphans.requeued)
 }
 
 fn spawn_workers(ctx: Arc<JobContext>, n: usize) -> std::io::Result<Vec<JoinHandle<()>>> {
@@ -413,6 +437,9 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
             (Variant::Full, WeightsChoice::Pretrained(w))
         }
     };
+    // Admitted when created, but the machine (or the limit) may differ now.
+    crate::train::memory::estimate(&config, variant, manifest.samples.len() as u64)
+        .check(ctx.cfg.job_memory_budget())?;
     // An earlier attempt may have run elsewhere: bring its checkpoints here.
     let out_dir: PathBuf =
         ctx.artifacts.fetch_job(&job.id).await.map_err(|e| format!("fetching the job's checkpoints: {e}"))?;

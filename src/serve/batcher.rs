@@ -53,26 +53,31 @@ impl Batcher {
         Ok(Self { tx, depth, max_queue: limits.max_queue, timeout: limits.timeout })
     }
 
-    /// Queues `images` and waits for their predictions.
-    pub async fn predict(&self, images: Vec<RgbImage>) -> Result<Vec<Prediction>, ApiError> {
-        let n = images.len();
-        // Reserve queue room atomically so concurrent callers cannot overshoot.
-        let admitted = self
-            .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d + n <= self.max_queue).then_some(d + n))
-            .is_ok();
-        if !admitted {
+    /// Reserves queue room for `n` images, or 429 when the queue is full.
+    /// Callers reserve before decoding, so that an overloaded server refuses
+    /// work before spending CPU on it.
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, ApiError> {
+        Reservation::take(&self.depth, self.max_queue, n).ok_or_else(|| {
             metrics::counter!("tuneserve_predict_rejected_total").increment(1);
-            return Err(ApiError::too_many_requests(
+            ApiError::too_many_requests(
                 format!("the prediction queue is full ({} images waiting at most); retry shortly", self.max_queue),
                 1,
-            ));
+            )
+        })
+    }
+
+    /// Queues `images` (for which `room` was reserved) and waits for their predictions.
+    pub async fn predict(&self, mut room: Reservation<'_>, images: Vec<RgbImage>) -> Result<Vec<Prediction>, ApiError> {
+        let n = room.n;
+        if images.len() != n {
+            return Err(ApiError::internal(format!("{} images for a reservation of {n}", images.len())));
         }
-        metrics::gauge!("tuneserve_predict_queue_depth").increment(n as f64);
+        // From here the prediction thread releases the room.
+        room.held = false;
         let (reply, rx) = oneshot::channel();
         let deadline = Instant::now() + self.timeout;
         if self.tx.send(Work { images, deadline, reply }).is_err() {
-            self.release(n);
+            release(&self.depth, n);
             return Err(ApiError::unavailable("model_unavailable", "the model's prediction thread has stopped"));
         }
         // If the client goes away, this future is dropped with `rx`, and the
@@ -86,9 +91,36 @@ impl Batcher {
         }
     }
 
-    fn release(&self, n: usize) {
-        self.depth.fetch_sub(n, Ordering::AcqRel);
-        metrics::gauge!("tuneserve_predict_queue_depth").decrement(n as f64);
+}
+
+fn release(depth: &AtomicUsize, n: usize) {
+    depth.fetch_sub(n, Ordering::AcqRel);
+    metrics::gauge!("tuneserve_predict_queue_depth").decrement(n as f64);
+}
+
+/// Queue room for some images; given back when dropped unless the images
+/// were queued.
+pub struct Reservation<'a> {
+    depth: &'a AtomicUsize,
+    n: usize,
+    held: bool,
+}
+
+impl<'a> Reservation<'a> {
+    /// Room for `n` more images if `depth` stays within `max`; atomically,
+    /// so concurrent callers cannot overshoot.
+    fn take(depth: &'a AtomicUsize, max: usize, n: usize) -> Option<Self> {
+        depth.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d + n <= max).then_some(d + n)).ok()?;
+        metrics::gauge!("tuneserve_predict_queue_depth").increment(n as f64);
+        Some(Self { depth, n, held: true })
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            release(self.depth, self.n);
+        }
     }
 }
 
@@ -112,9 +144,7 @@ fn still_wanted(w: Work, depth: &AtomicUsize) -> Option<Work> {
     if !gone && Instant::now() < w.deadline {
         return Some(w);
     }
-    let n = w.images.len();
-    depth.fetch_sub(n, Ordering::AcqRel);
-    metrics::gauge!("tuneserve_predict_queue_depth").decrement(n as f64);
+    release(depth, w.images.len());
     if gone {
         metrics::counter!("tuneserve_predict_dropped_total", "reason" => "client_gone").increment(1);
     } else {
@@ -180,8 +210,7 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
                 }
             });
         let secs = started.elapsed().as_secs_f64();
-        depth.fetch_sub(n, Ordering::AcqRel);
-        metrics::gauge!("tuneserve_predict_queue_depth").decrement(n as f64);
+        release(&depth, n);
         metrics::histogram!("tuneserve_predict_batch_size").record(n as f64);
         metrics::histogram!("tuneserve_predict_batch_seconds").record(secs);
         metrics::counter!("tuneserve_predict_images_total").increment(n as u64);
@@ -203,5 +232,27 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_bound_the_queue_and_come_back_when_dropped() {
+        let depth = AtomicUsize::new(0);
+        let a = Reservation::take(&depth, 4, 3).expect("room for 3");
+        assert!(Reservation::take(&depth, 4, 2).is_none(), "3 + 2 > 4");
+        let b = Reservation::take(&depth, 4, 1).expect("room for 1 more");
+        assert_eq!(depth.load(Ordering::Acquire), 4);
+        // A request refused after reserving (a bad image) gives its room back.
+        drop(a);
+        assert_eq!(depth.load(Ordering::Acquire), 1);
+        // Queued work is released by the prediction thread, not the reservation.
+        let mut queued = b;
+        queued.held = false;
+        drop(queued);
+        assert_eq!(depth.load(Ordering::Acquire), 1);
     }
 }

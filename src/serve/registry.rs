@@ -26,13 +26,59 @@ pub struct Registry {
     device: candle_core::Device,
     limits: BatchLimits,
     pool: Arc<rayon::ThreadPool>,
-    loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
-    /// One load at a time: concurrent first requests must not load twice.
-    loading: tokio::sync::Mutex<()>,
+    loaded: Mutex<Cache<Arc<LoadedModel>>>,
+    /// One lock per model being loaded: concurrent first requests for a model
+    /// load it once, and loading one model holds up no other.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// Models kept in memory besides the default one.
-const MAX_LOADED: usize = 3;
+/// Models in memory, with when each was last asked for.
+struct Cache<M> {
+    models: HashMap<String, (M, u64)>,
+    clock: u64,
+    /// The default model as last seen: never evicted.
+    default: Option<String>,
+}
+
+impl<M> Default for Cache<M> {
+    fn default() -> Self {
+        Self { models: HashMap::new(), clock: 0, default: None }
+    }
+}
+
+impl<M: Clone> Cache<M> {
+    fn get(&mut self, id: &str) -> Option<M> {
+        self.clock += 1;
+        let now = self.clock;
+        self.models.get_mut(id).map(|(m, used)| {
+            *used = now;
+            m.clone()
+        })
+    }
+
+    /// Adds `model`, first evicting the least recently used models other
+    /// than the default while the cache is full. Evicted models' threads end
+    /// once their in-flight requests finish.
+    fn insert(&mut self, id: String, model: M) {
+        while self.models.len() >= MAX_LOADED {
+            let victim = self
+                .models
+                .iter()
+                .filter(|(id, _)| self.default.as_deref() != Some(id.as_str()))
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(id, _)| id.clone());
+            match victim {
+                Some(id) => self.models.remove(&id),
+                None => break,
+            };
+        }
+        self.clock += 1;
+        self.models.insert(id, (model, self.clock));
+    }
+}
+
+/// Models kept in memory, the default one included.
+const MAX_LOADED: usize = 4;
 
 impl Registry {
     pub fn new(
@@ -42,7 +88,12 @@ impl Registry {
         limits: BatchLimits,
         pool: Arc<rayon::ThreadPool>,
     ) -> Self {
-        Self { db, artifacts, device, limits, pool, loaded: Mutex::new(HashMap::new()), loading: Default::default() }
+        Self { db, artifacts, device, limits, pool, loaded: Default::default(), loading: Default::default() }
+    }
+
+    /// The CPU pool predictions (and their image decoding) run on.
+    pub fn pool(&self) -> Arc<rayon::ThreadPool> {
+        self.pool.clone()
     }
 
     /// The current default model, loading it if it changed.
@@ -50,6 +101,9 @@ impl Registry {
         let row = self.db.default_model().await?.ok_or_else(|| {
             ApiError::unavailable("no_model", "no model has been published yet: train one with POST /v1/jobs")
         })?;
+        if let Ok(mut c) = self.loaded.lock() {
+            c.default = Some(row.id.clone());
+        }
         self.get_or_load(row).await
     }
 
@@ -71,18 +125,30 @@ impl Registry {
     }
 
     fn cached(&self, id: &str) -> Option<Arc<LoadedModel>> {
-        self.loaded.lock().ok().and_then(|m| m.get(id).cloned())
+        self.loaded.lock().ok().and_then(|mut c| c.get(id))
     }
 
     async fn get_or_load(&self, row: ModelRow) -> ApiResult<Arc<LoadedModel>> {
         if let Some(m) = self.cached(&row.id) {
             return Ok(m);
         }
-        let _guard = self.loading.lock().await;
+        let lock = match self.loading.lock() {
+            Ok(mut l) => l.entry(row.id.clone()).or_default().clone(),
+            Err(_) => return Err(ApiError::internal("model registry lock poisoned")),
+        };
+        let _guard = lock.lock().await;
         if let Some(m) = self.cached(&row.id) {
             return Ok(m);
         }
-        let dir = self.checkpoint_dir(&row).await?;
+        let loaded = self.load(&row).await;
+        if let Ok(mut l) = self.loading.lock() {
+            l.remove(&row.id);
+        }
+        loaded
+    }
+
+    async fn load(&self, row: &ModelRow) -> ApiResult<Arc<LoadedModel>> {
+        let dir = self.checkpoint_dir(row).await?;
         let device = self.device.clone();
         let limits = self.limits;
         let pool = self.pool.clone();
@@ -100,14 +166,8 @@ impl Registry {
         .await??;
         tracing::info!(model_id = %row.id, seconds = started.elapsed().as_secs_f64(), "model loaded");
         let model = Arc::new(model);
-        if let Ok(mut m) = self.loaded.lock() {
-            // Evict the others (never the one just loaded) when over budget;
-            // their threads end once in-flight requests finish.
-            while m.len() >= MAX_LOADED {
-                let Some(k) = m.keys().next().cloned() else { break };
-                m.remove(&k);
-            }
-            m.insert(row.id.clone(), model.clone());
+        if let Ok(mut c) = self.loaded.lock() {
+            c.insert(model.id.clone(), model.clone());
         }
         Ok(model)
     }
@@ -120,5 +180,31 @@ impl Registry {
         self.artifacts.fetch_checkpoint(&ck.job_id, &ck.name).await.map_err(|e| {
             ApiError::unavailable("model_unavailable", format!("model {} could not be fetched: {e}", row.id))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_model_is_never_evicted() {
+        let mut c: Cache<u32> = Cache::default();
+        c.default = Some("d".into());
+        c.insert("d".into(), 0);
+        for i in 1..20 {
+            // The default is the least recently used here: kept by rule alone.
+            c.insert(format!("m{i}"), i);
+            assert!(c.models.contains_key("d"), "evicted by m{i}");
+            assert!(c.models.len() <= MAX_LOADED);
+        }
+        // Least recently used goes first.
+        let mut c: Cache<u32> = Cache::default();
+        for (i, id) in ["a", "b", "c", "e"].iter().enumerate() {
+            c.insert(id.to_string(), i as u32);
+        }
+        c.get("a");
+        c.insert("f".into(), 9);
+        assert!(c.get("a").is_some() && c.get("b").is_none() && c.get("f").is_some());
     }
 }

@@ -113,6 +113,14 @@ pub struct ModelRow {
     pub created_at: i64,
 }
 
+/// What [`Db::recover_orphans`] did.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    pub requeued: u64,
+    /// Jobs that crashed too often and are now `failed`.
+    pub failed: Vec<String>,
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -318,20 +326,40 @@ impl Db {
         }
     }
 
-    /// Puts back in the queue, marked for resuming, the running jobs whose
-    /// heartbeat is older than `stale_after`, and (at start) the jobs
-    /// `instance` was running when it stopped.
-    pub async fn requeue_orphans(&self, instance: Option<&str>, stale_after: Duration) -> Result<u64, DbError> {
-        let stale = now_ms() - stale_after.as_millis() as i64;
+    /// Recovers the running jobs whose holder died: those whose heartbeat is
+    /// older than `stale_after`, and (at start) those `instance` was running
+    /// when it stopped. Each such job counts a crash; one that has now crashed
+    /// `max_crashes` times fails with `error` (its ids are returned), the
+    /// others go back to the queue, marked for resuming.
+    pub async fn recover_orphans(
+        &self,
+        instance: Option<&str>,
+        stale_after: Duration,
+        max_crashes: i64,
+        error: &str,
+    ) -> Result<Orphans, DbError> {
+        let now = now_ms();
+        let stale = now - stale_after.as_millis() as i64;
+        let failed: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'failed', error = $3, finished_at = $4, claimed_by = NULL, crashes = crashes + 1 \
+             WHERE status = 'running' AND (claimed_by = $1 OR heartbeat_at < $2) AND crashes + 1 >= $5 RETURNING id",
+        )
+        .bind(instance)
+        .bind(stale)
+        .bind(error)
+        .bind(now)
+        .bind(max_crashes)
+        .fetch_all(&self.pool)
+        .await?;
         let r = sqlx::query(
-            "UPDATE jobs SET status = 'queued', resume = 1, claimed_by = NULL \
+            "UPDATE jobs SET status = 'queued', resume = 1, claimed_by = NULL, crashes = crashes + 1 \
              WHERE status = 'running' AND (claimed_by = $1 OR heartbeat_at < $2)",
         )
         .bind(instance)
         .bind(stale)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        Ok(Orphans { requeued: r.rows_affected(), failed })
     }
 
     /// Records that the worker still holds the job (this attempt of it) and
@@ -572,6 +600,7 @@ impl Db {
         if r.rows_affected() != 1 {
             return Ok(false);
         }
+        self.lock_models(&mut tx).await?;
         sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1").execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO models (id, job_id, checkpoint_id, backbone, variant, classes, image_size, \
@@ -606,21 +635,34 @@ impl Db {
             .await
     }
 
+    /// Makes `id` the one default model; false when there is no such model.
+    /// The transaction opens with a write: SQLite then takes its write lock
+    /// up front (waiting out other writers with the busy timeout) instead of
+    /// failing to upgrade a read snapshot that a concurrent writer made stale.
+    /// PostgreSQL serialises concurrent switches on the table lock, so two of
+    /// them never leave two defaults.
     pub async fn set_default_model(&self, id: &str) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM models WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
+        self.lock_models(&mut tx).await?;
+        let found = sqlx::query("UPDATE models SET is_default = 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if found.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1 AND id <> $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE models SET is_default = 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Serialises the transactions that change which model is the default
+    /// (PostgreSQL; SQLite has one writer at a time anyway).
+    async fn lock_models(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), DbError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE").execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 }

@@ -9,21 +9,34 @@ use crate::model::BackboneKind;
 #[serde(default)]
 pub struct TrainConfig {
     pub backbone: BackboneKind,
-    /// Square input size; 0 = the backbone's default (150 Xception, 224 MobileNetV2).
+    /// Square input size; 0 = the backbone's default (150 Xception, 224
+    /// MobileNetV2), else from the backbone's minimum (71 Xception, 32
+    /// MobileNetV2) to 1024.
+    #[schema(minimum = 0, maximum = 1024)]
     pub image_size: usize,
+    #[schema(minimum = 1, maximum = 1024)]
     pub batch_size: usize,
-    /// Stage 1: frozen base, head only.
+    /// Stage 1: frozen base, head only. At least one epoch in all (frozen + finetune).
+    #[schema(minimum = 0, maximum = 1000)]
     pub frozen_epochs: usize,
+    #[schema(exclusive_minimum = 0.0)]
     pub frozen_lr: f64,
     /// Stage 2: whole network, BatchNorm statistics frozen.
+    #[schema(minimum = 0, maximum = 1000)]
     pub finetune_epochs: usize,
+    #[schema(exclusive_minimum = 0.0)]
     pub finetune_lr: f64,
+    /// In [0, 1).
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub dropout: f32,
     /// Early stopping: epochs without validation-loss improvement (0 = off).
+    #[schema(minimum = 0)]
     pub patience: usize,
     pub augment: bool,
-    /// Fraction held out for validation when the dataset has no validation split.
+    /// Fraction held out for validation when the dataset has no validation split, in (0, 1).
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub validation_split: f64,
+    #[schema(minimum = 0)]
     pub seed: u64,
 }
 
@@ -88,6 +101,7 @@ pub mod adam;
 pub mod augment;
 pub mod checkpoint;
 pub mod loss;
+pub mod memory;
 pub mod recipe;
 
 pub use recipe::{run, RunSpec, Summary, WeightsChoice};

@@ -29,7 +29,7 @@ use crate::model::weights::WeightSet;
 use crate::model::{Backbone, Head, SeededInit, Variant, WeightSource};
 
 /// Augmented views of each training image cached for stage 1.
-const STAGE1_VIEWS: usize = 4;
+pub(crate) const STAGE1_VIEWS: usize = 4;
 
 /// Where the backbone's starting weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
