@@ -770,9 +770,6 @@ function predictionItem(file, p, model) {
 
 function init() {
   updateKeyState();
-  $('#key-button').addEventListener('click', async () => {
-    await askForKey('Enter the API key for this server (kept in this browser tab only).', '');
-  });
   dropZone($('[data-drop-for=dataset-file]'), $('#dataset-file'), (files) => uploadDataset(files[0]));
   dropZone($('[data-drop-for=predict-files]'), $('#predict-files'), predict);
   $('#dataset-select').addEventListener('change', showSelectedDataset);
@@ -797,6 +794,10 @@ function init() {
       if (running && !live.job) watchJob(running);
     } catch { /* shown by the jobs list */ }
   };
+  // A key entered by hand: load again what the page could not read without it.
+  $('#key-button').addEventListener('click', async () => {
+    if (await askForKey('Enter the API key for this server (kept in this browser tab only).', '')) startup();
+  });
   startup();
   document.body.dataset.ready = 'true';
 }

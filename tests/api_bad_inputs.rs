@@ -304,10 +304,12 @@ async fn wrong_api_key(db: Db) {
     assert_error(&got, 401, "unauthorized");
     assert_error(&attempt(None).await, 401, "unauthorized");
     assert_error(&srv.post_json("/v1/jobs", tiny_job(&good, 1, 0)).await, 401, "unauthorized");
-    // Reads stay open; the dataset survived.
-    let (s, v) = srv.get(&format!("/v1/datasets/{good}")).await;
+    // Reads need the key too; with it, the dataset survived.
+    assert_error(&srv.get(&format!("/v1/datasets/{good}")).await, 401, "unauthorized");
+    let r = srv.client.get(srv.url(&format!("/v1/datasets/{good}"))).bearer_auth("s3cret").send().await.unwrap();
+    let (s, v) = json_of(r).await;
     assert_eq!(s.as_u16(), 200, "{v}");
-    srv.assert_alive(Some(&good)).await;
+    assert_eq!(v["classes"], json!(["bright", "dark"]));
 }
 
 macro_rules! both {

@@ -92,6 +92,7 @@ async fn run(st: &SharedState, model: Arc<LoadedModel>, req: Request) -> ApiResu
         let mut pixels = 0u64;
         for (i, b) in blobs.iter().enumerate() {
             let (w, h) = image::dimensions(b).map_err(|e| image_error(i, e))?;
+            limits.check(w, h).map_err(|e| image_error(i, e))?;
             pixels += w as u64 * h as u64;
         }
         if pixels > budget {

@@ -68,7 +68,7 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
-    fn check(&self, width: u32, height: u32) -> Result<(), ImageError> {
+    pub fn check(&self, width: u32, height: u32) -> Result<(), ImageError> {
         let too_large = width > self.max_dimension
             || height > self.max_dimension
             || u64::from(width) * u64::from(height) > self.max_pixels;
