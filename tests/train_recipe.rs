@@ -126,3 +126,49 @@ fn same_seed_same_metrics_and_resume_continues_where_it_stopped() {
     let f = epochs(&full);
     assert_eq!(r, f[f.len() - 2..].to_vec(), "resumed epochs must equal the uninterrupted run's");
 }
+
+/// A run stopped in the middle of stage 1's feature pass (as kill -9 would:
+/// nothing runs on the way out) resumes at the first batch it had not
+/// finished, and ends exactly as an uninterrupted run.
+#[test]
+fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::synthetic::write_dataset(&data, 2, 40, 16, 71, 4);
+    let cfg = TrainConfig { batch_size: 8, ..config(3, 0) };
+
+    let mut full = Vec::new();
+    train::run(spec(&data, &dir.path().join("a"), cfg.clone(), false), &mut |e| full.push(e), &AtomicBool::new(false))
+        .unwrap();
+
+    let out = dir.path().join("b");
+    let cancel = AtomicBool::new(false);
+    let mut done = 0;
+    let err = train::run(
+        spec(&data, &out, cfg.clone(), false),
+        &mut |e| {
+            if let Event::Progress { stage: Stage::Features, step, .. } = e {
+                done = step;
+                if step == 5 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TrainError::Cancelled));
+    assert_eq!(done, 5);
+    assert!(out.join(".features").is_dir(), "the finished batches are on disk");
+
+    let mut resumed = Vec::new();
+    train::run(spec(&data, &out, cfg, true), &mut |e| resumed.push(e), &AtomicBool::new(false)).unwrap();
+    let reused = resumed.iter().find_map(|e| match e {
+        Event::Message { text } if text.starts_with("feature pass: reused") => Some(text.clone()),
+        _ => None,
+    });
+    // 80 training + 32 validation images in batches of 8: 14 steps, 5 done before the stop.
+    assert_eq!(reused.as_deref(), Some("feature pass: reused 5 of 14 batches from an interrupted attempt"));
+    assert_eq!(epochs(&resumed), epochs(&full), "the resumed run must end as the uninterrupted one");
+    assert!(!out.join(".features").exists(), "the feature store is removed after stage 1");
+}

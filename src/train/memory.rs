@@ -40,9 +40,11 @@ fn profile(kind: BackboneKind, variant: Variant) -> (u64, u64, u64) {
     }
 }
 
-/// Measured (see the module doc), with ~15% added.
-const XCEPTION_BYTES_PER_PIXEL: u64 = 3_700;
-const MOBILENET_BYTES_PER_PIXEL: u64 = 3_000;
+/// Measured with `tuneserve bench --workload stage2 --batch 8|32` (peak RSS
+/// difference over 24 images, CPU): Xception at 150 px 75.6 MiB per image =
+/// 3,520 bytes per pixel, MobileNetV2 at 224 px 81 MiB = 1,690; ~15% added.
+const XCEPTION_BYTES_PER_PIXEL: u64 = 4_000;
+const MOBILENET_BYTES_PER_PIXEL: u64 = 2_000;
 const BASE_BYTES: u64 = 400 << 20;
 
 /// The peak of a job on `images` images (training and validation together).

@@ -100,6 +100,7 @@ pub enum Event {
 pub mod adam;
 pub mod augment;
 pub mod checkpoint;
+pub mod features;
 pub mod loss;
 pub mod memory;
 pub mod recipe;

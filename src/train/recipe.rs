@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::Adam;
 use super::augment::Augment;
 use super::checkpoint::{self, CheckpointMeta};
+use super::features::FeatureStore;
 use super::loss;
 use super::{Event, Metrics, Stage, TrainConfig, TrainError};
 use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
@@ -147,13 +148,24 @@ fn evaluate(logits: &Tensor, labels: &[u32], classes: usize) -> Result<Eval, Tra
     Ok(Eval { metrics: Metrics { loss, accuracy: correct as f64 / labels.len().max(1) as f64 }, confusion })
 }
 
-/// Pooled features of every image (optionally augmented), batch by batch.
+/// Where one feature pass keeps its finished batches (`part` names the pass),
+/// and how many it found there from an earlier attempt.
+struct Saved<'a> {
+    store: &'a FeatureStore,
+    part: String,
+    reused: &'a mut usize,
+}
+
+/// Pooled features of every image (optionally augmented), batch by batch;
+/// with `saved`, batches an earlier attempt finished come from there and new
+/// ones go there (stage 1 only: stage 2 changes the weights).
 fn extract(
     bb: &Backbone,
     images: &Images,
     cfg: &TrainConfig,
     aug: Option<(Augment, u64)>,
     mut progress: impl FnMut(usize, usize),
+    mut saved: Option<Saved>,
     cancel: &AtomicBool,
 ) -> Result<Tensor, TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
@@ -161,6 +173,18 @@ fn extract(
     let mut parts = Vec::with_capacity(steps);
     for (step, chunk) in idx.chunks(cfg.batch_size).enumerate() {
         check_cancel(cancel)?;
+        let found = match &saved {
+            Some(s) => s.store.get(&s.part, step, &bb.device)?,
+            None => None,
+        };
+        if let Some(f) = found {
+            if let Some(s) = saved.as_mut() {
+                *s.reused += 1;
+            }
+            parts.push(f);
+            progress(step + 1, steps);
+            continue;
+        }
         let x = match aug {
             Some((a, seed)) => {
                 let f = |slot: usize, img: &[u8]| {
@@ -171,7 +195,11 @@ fn extract(
             }
             None => images.batch(chunk, cfg.backbone.scaling(), &bb.device, None)?,
         };
-        parts.push(bb.features(&x)?);
+        let f = bb.features(&x)?;
+        if let Some(s) = &saved {
+            s.store.put(&s.part, step, &f)?;
+        }
+        parts.push(f);
         progress(step + 1, steps);
     }
     Ok(Tensor::cat(&parts, 0)?)
@@ -263,12 +291,29 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             done += 1;
             on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps });
         };
+        // Everything the features depend on: a resumed run reuses the
+        // batches an interrupted one finished only when all of it matches.
+        let key = serde_json::json!({
+            "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": size,
+            "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "weights": spec.weights,
+            "train": train_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
+        });
+        let store = FeatureStore::open(&spec.out_dir, &key.to_string(), spec.resume)?;
+        let mut reused = 0;
         let mut train_views = Vec::with_capacity(views);
         for v in 0..views {
             let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
-            train_views.push(extract(&bb, &train, cfg, a, |_, _| report(on_event), cancel)?);
+            let saved = Saved { store: &store, part: format!("train-{v}"), reused: &mut reused };
+            train_views.push(extract(&bb, &train, cfg, a, |_, _| report(on_event), Some(saved), cancel)?);
         }
-        let val_feats = extract(&bb, &val, cfg, None, |_, _| report(on_event), cancel)?;
+        let saved = Saved { store: &store, part: "validation".into(), reused: &mut reused };
+        let val_feats = extract(&bb, &val, cfg, None, |_, _| report(on_event), Some(saved), cancel)?;
+        if reused > 0 {
+            on_event(Event::Message {
+                text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
+            });
+        }
 
         let mut opt = Adam::new(cfg.frozen_lr);
         let mut best: Option<(f64, usize, Tensor, Tensor, Metrics, Eval)> = None;
@@ -323,6 +368,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
         checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &[], &meta)?;
         checkpoint::set_best(&spec.out_dir, &name)?;
+        store.remove()?;
         on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
         stage1_best = Some((name, meta));
     }
@@ -392,7 +438,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             }
         }
         let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-        let val_feats = extract(&bb, &val, cfg, None, |_, _| {}, cancel)?;
+        let val_feats = extract(&bb, &val, cfg, None, |_, _| {}, None, cancel)?;
         let ev = evaluate(&head_logits(&head, &val_feats)?, &val.labels, classes.len())?;
         on_event(Event::Epoch {
             stage: Stage::Finetune,
