@@ -30,6 +30,7 @@ fn spec(data: &std::path::Path, out: &std::path::Path, cfg: TrainConfig, resume:
         config: cfg,
         dataset_root: data.to_path_buf(),
         manifest: DatasetManifest::scan(data).unwrap(),
+        cache_dir: data.with_extension("cache"),
         weights: WeightsChoice::Seeded,
         variant: Variant::Tiny,
         out_dir: out.to_path_buf(),
@@ -102,6 +103,13 @@ fn same_seed_same_metrics_and_resume_continues_where_it_stopped() {
     let out_b = dir.path().join("b");
     train::run(spec(&data, &out_b, cfg.clone(), false), &mut |e| again.push(e), &AtomicBool::new(false)).unwrap();
     assert_eq!(epochs(&full), epochs(&again), "same seed, same data must give the same metrics");
+    // The first run decoded the images into the dataset's pixel cache; the
+    // second read them from it (and trained identically on them).
+    let said = |events: &[Event], what: &str| {
+        events.iter().any(|e| matches!(e, Event::Message { text } if text.starts_with(what)))
+    };
+    assert!(said(&full, "pixel cache built:"), "first run builds the cache");
+    assert!(said(&again, "pixel cache reused:"), "second run on the same data and size decodes nothing");
 
     // Stop right after the first stage-2 checkpoint, as a crash would.
     let out_c = dir.path().join("c");

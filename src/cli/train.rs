@@ -117,6 +117,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         config: args.config(),
         dataset_root: root,
         manifest,
+        cache_dir: args.out.join("pixel-cache"),
         weights,
         variant: match args.variant {
             VariantArg::Full => Variant::Full,

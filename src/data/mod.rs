@@ -1,5 +1,6 @@
 //! Data: image decoding and preprocessing, datasets on disk.
 
+pub mod cache;
 pub mod dataset;
 pub mod image;
 pub mod ingest;

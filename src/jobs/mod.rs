@@ -450,6 +450,7 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
         config,
         dataset_root: ds.join(FILES_DIR),
         manifest,
+        cache_dir: crate::data::cache::dir_in(&ds),
         weights,
         variant,
         out_dir,

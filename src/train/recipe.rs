@@ -25,6 +25,7 @@ use super::loss;
 use super::{Event, Metrics, Stage, TrainConfig, TrainError};
 use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
 use crate::data::image::DecodeLimits;
+use crate::data::cache::{CacheError, PixelCache};
 use crate::data::loader::Images;
 use crate::model::weights::WeightSet;
 use crate::model::{Backbone, Head, SeededInit, Variant, WeightSource};
@@ -45,6 +46,8 @@ pub struct RunSpec {
     pub config: TrainConfig,
     pub dataset_root: PathBuf,
     pub manifest: DatasetManifest,
+    /// Where the dataset's decoded, resized pixels are cached (built on first use).
+    pub cache_dir: PathBuf,
     pub weights: WeightsChoice,
     pub variant: Variant,
     pub out_dir: PathBuf,
@@ -219,8 +222,30 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
 
     let (train_s, val_s) = split(&spec.manifest, cfg)?;
     let limits = DecodeLimits::default();
-    let (train, mut skipped) = Images::load(&spec.dataset_root, &train_s, size, &limits);
-    let (val, skipped_val) = Images::load(&spec.dataset_root, &val_s, size, &limits);
+    let t0 = Instant::now();
+    let cache = PixelCache::open_or_build(
+        &spec.cache_dir,
+        &spec.dataset_root,
+        &spec.manifest.samples,
+        size,
+        &limits,
+        |_, _| {},
+        cancel,
+    )
+    .map_err(|e| match e {
+        CacheError::Cancelled => TrainError::Cancelled,
+        e => TrainError::Data(e.to_string()),
+    })?;
+    let n = spec.manifest.samples.len();
+    on_event(Event::Message {
+        text: if cache.built {
+            format!("pixel cache built: {n} images decoded at {size}x{size} in {:.1} s ({} MiB)", t0.elapsed().as_secs_f64(), cache.bytes >> 20)
+        } else {
+            format!("pixel cache reused: {n} images at {size}x{size}, no decoding")
+        },
+    });
+    let (train, mut skipped) = Images::from_cache(&cache, &train_s);
+    let (val, skipped_val) = Images::from_cache(&cache, &val_s);
     skipped.extend(skipped_val);
     for r in &skipped {
         on_event(Event::Message { text: format!("skipped {}: {}", r.path, r.reason) });
