@@ -33,7 +33,7 @@ use super::image::{load_path_for_model, DecodeLimits};
 pub const VERSION: u32 = 1;
 
 /// Images decoded at once while building: bounds the builder's memory.
-const BUILD_CHUNK: usize = 256;
+pub const BUILD_CHUNK: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

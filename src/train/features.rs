@@ -1,16 +1,20 @@
-//! Stage 1's feature pass, kept on disk batch by batch: a run killed in the
-//! middle of it (the pass is most of stage 1's time) resumes at the first
-//! batch it had not finished instead of starting over.
+//! Stage 1's pooled features, on disk: the head's epochs read the rows each
+//! batch needs, so memory does not grow with the dataset, and a run killed
+//! in the middle of the feature pass (most of stage 1's time) resumes at the
+//! first batch it had not finished instead of starting over.
 //!
-//! Layout, under a run's output directory:
-//! `.features/key` (what the features were computed from) and
-//! `.features/<part>/<step>.safetensors` (one batch's pooled features), each
-//! written to a temporary name and renamed, so a file that exists is whole.
-//! A different key (other images, size, batch size, seed, augmentation or
-//! backbone) makes the folder start empty. The folder is removed once stage 1
-//! has saved its checkpoint.
+//! Layout, under a run's output directory, in `.features/`:
+//! - `key`: a digest of what the features were computed from; a different one
+//!   (other images, size, batch size, seed, augmentation, weights) empties
+//!   the folder;
+//! - `<part>.f32`: one row of `dim` little-endian f32 per image;
+//! - `<part>.done`: how many batches of the part are written (renamed into
+//!   place after the batch's rows are synced, so it never runs ahead of them).
+//!
+//! The folder is removed once stage 1 has saved its checkpoint.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -20,7 +24,6 @@ use super::TrainError;
 
 const DIR: &str = ".features";
 const KEY_FILE: &str = "key";
-const TENSOR: &str = "features";
 
 pub struct FeatureStore {
     dir: PathBuf,
@@ -46,35 +49,61 @@ impl FeatureStore {
         Ok(Self { dir })
     }
 
-    fn path(&self, part: &str, step: usize) -> PathBuf {
-        self.dir.join(part).join(format!("{step:06}.safetensors"))
-    }
-
-    /// One batch's features when a earlier attempt finished that batch.
-    pub fn get(&self, part: &str, step: usize, device: &Device) -> Result<Option<Tensor>, TrainError> {
-        let p = self.path(part, step);
-        if !p.exists() {
-            return Ok(None);
-        }
-        let mut t = candle_core::safetensors::load(&p, device)?;
-        Ok(t.remove(TENSOR))
-    }
-
-    pub fn put(&self, part: &str, step: usize, features: &Tensor) -> Result<(), TrainError> {
-        let p = self.path(part, step);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        let tmp = p.with_extension("tmp");
-        candle_core::safetensors::save(&std::collections::HashMap::from([(TENSOR, features.clone())]), &tmp)?;
-        fs::rename(&tmp, &p)?;
-        Ok(())
+    /// The rows of one part (`rows` images, `dim` features each), with the
+    /// batches an earlier attempt finished.
+    pub fn part(&self, name: &str, rows: usize, dim: usize) -> Result<FeatureRows, TrainError> {
+        let data = self.dir.join(format!("{name}.f32"));
+        let done = self.dir.join(format!("{name}.done"));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&data)?;
+        let finished = fs::read_to_string(&done).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        Ok(FeatureRows { file, done, rows, dim, finished })
     }
 
     /// Stage 1 is safe in its checkpoint: the features are not needed again.
     pub fn remove(self) -> Result<(), TrainError> {
         fs::remove_dir_all(&self.dir)?;
         Ok(())
+    }
+}
+
+/// One part's features on disk.
+pub struct FeatureRows {
+    file: File,
+    done: PathBuf,
+    rows: usize,
+    dim: usize,
+    /// Batches already written, in order from the first.
+    pub finished: usize,
+}
+
+impl FeatureRows {
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Writes batch `step` (rows from `first_row`), then records it finished.
+    pub fn write_batch(&mut self, step: usize, first_row: usize, features: &Tensor) -> Result<(), TrainError> {
+        let values = features.flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.file.write_all_at(&bytes, (first_row * self.dim * 4) as u64)?;
+        self.file.sync_data()?;
+        self.finished = step + 1;
+        write_atomic(&self.done, self.finished.to_string().as_bytes())
+    }
+
+    /// The rows `idx` as a (len, dim) tensor.
+    pub fn rows(&self, idx: &[usize], device: &Device) -> Result<Tensor, TrainError> {
+        let row = self.dim * 4;
+        let mut bytes = vec![0u8; idx.len() * row];
+        for (dst, &i) in bytes.chunks_exact_mut(row).zip(idx) {
+            self.file.read_exact_at(dst, (i * row) as u64)?;
+        }
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Ok(Tensor::from_vec(values, (idx.len(), self.dim), device)?)
     }
 }
 

@@ -20,7 +20,7 @@ pub struct MemoryEstimate {
     pub model: u64,
     /// Stage 2's activations kept for the backward pass, for one batch.
     pub activations: u64,
-    /// The dataset's decoded pixels and the stage-1 feature cache.
+    /// Input batches, the pixel cache's build chunk, per-image bookkeeping.
     pub data: u64,
     /// The process around it (runtime, thread pools, allocator caches).
     pub base: u64,
@@ -46,6 +46,8 @@ fn profile(kind: BackboneKind, variant: Variant) -> (u64, u64, u64) {
 const XCEPTION_BYTES_PER_PIXEL: u64 = 4_000;
 const MOBILENET_BYTES_PER_PIXEL: u64 = 2_000;
 const BASE_BYTES: u64 = 400 << 20;
+/// The manifest entry, label and cache slot of one image.
+const PER_IMAGE_BYTES: u64 = 256;
 
 /// The peak of a job on `images` images (training and validation together).
 pub fn estimate(cfg: &TrainConfig, variant: Variant, images: u64) -> MemoryEstimate {
@@ -60,9 +62,12 @@ pub fn estimate(cfg: &TrainConfig, variant: Variant, images: u64) -> MemoryEstim
         // Stage 1 only: the feature pass runs the base in inference mode.
         per_pixel / 8 * pixels * cfg.batch_size as u64
     };
-    // Decoded pixels (plus the copy made while they are gathered) and the
-    // stage-1 feature cache.
-    let data = images * pixels * 3 * 2 + images * views * feature_dim * 4;
+    // Pixels and stage-1 features live on disk (the pixel cache, the feature
+    // rows) and are read a batch at a time: memory keeps a batch of each, the
+    // building chunk of the pixel cache, and per image only its path and label.
+    let data = 2 * cfg.batch_size as u64 * (pixels * 3 * 4 + views * feature_dim * 4)
+        + crate::data::cache::BUILD_CHUNK as u64 * pixels * 3
+        + images * PER_IMAGE_BYTES;
     let base = BASE_BYTES;
     MemoryEstimate { model, activations, data, base, total: model + activations + data + base }
 }

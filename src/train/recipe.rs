@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::Adam;
 use super::augment::Augment;
 use super::checkpoint::{self, CheckpointMeta};
-use super::features::FeatureStore;
+use super::features::{FeatureRows, FeatureStore};
 use super::loss;
 use super::{Event, Metrics, Stage, TrainConfig, TrainError};
 use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
@@ -151,59 +151,61 @@ fn evaluate(logits: &Tensor, labels: &[u32], classes: usize) -> Result<Eval, Tra
     Ok(Eval { metrics: Metrics { loss, accuracy: correct as f64 / labels.len().max(1) as f64 }, confusion })
 }
 
-/// Where one feature pass keeps its finished batches (`part` names the pass),
-/// and how many it found there from an earlier attempt.
-struct Saved<'a> {
-    store: &'a FeatureStore,
-    part: String,
-    reused: &'a mut usize,
-}
-
-/// Pooled features of every image (optionally augmented), batch by batch;
-/// with `saved`, batches an earlier attempt finished come from there and new
-/// ones go there (stage 1 only: stage 2 changes the weights).
+/// Runs the frozen base over every image (optionally augmented), batch by
+/// batch, into `out`; batches an earlier attempt finished are skipped.
 fn extract(
     bb: &Backbone,
     images: &Images,
     cfg: &TrainConfig,
     aug: Option<(Augment, u64)>,
     mut progress: impl FnMut(usize, usize),
-    mut saved: Option<Saved>,
+    out: &mut FeatureRows,
     cancel: &AtomicBool,
-) -> Result<Tensor, TrainError> {
+) -> Result<(), TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
     let steps = idx.len().div_ceil(cfg.batch_size);
-    let mut parts = Vec::with_capacity(steps);
     for (step, chunk) in idx.chunks(cfg.batch_size).enumerate() {
         check_cancel(cancel)?;
-        let found = match &saved {
-            Some(s) => s.store.get(&s.part, step, &bb.device)?,
-            None => None,
-        };
-        if let Some(f) = found {
-            if let Some(s) = saved.as_mut() {
-                *s.reused += 1;
-            }
-            parts.push(f);
-            progress(step + 1, steps);
-            continue;
+        if step >= out.finished {
+            let x = batch_of(images, chunk, cfg, aug, &bb.device)?;
+            out.write_batch(step, chunk[0], &bb.features(&x)?)?;
         }
-        let x = match aug {
-            Some((a, seed)) => {
-                let f = |slot: usize, img: &[u8]| {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk[slot] as u64) << 20));
-                    a.apply(img, images.size, &mut rng)
-                };
-                images.batch(chunk, cfg.backbone.scaling(), &bb.device, Some(&f))?
-            }
-            None => images.batch(chunk, cfg.backbone.scaling(), &bb.device, None)?,
-        };
-        let f = bb.features(&x)?;
-        if let Some(s) = &saved {
-            s.store.put(&s.part, step, &f)?;
-        }
-        parts.push(f);
         progress(step + 1, steps);
+    }
+    Ok(())
+}
+
+/// The network input for images `chunk`, augmented by `aug` (deterministic
+/// per image and seed).
+fn batch_of(images: &Images, chunk: &[usize], cfg: &TrainConfig, aug: Option<(Augment, u64)>, dev: &Device) -> Result<Tensor, TrainError> {
+    Ok(match aug {
+        Some((a, seed)) => {
+            let f = |slot: usize, img: &[u8]| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((chunk[slot] as u64) << 20));
+                a.apply(img, images.size, &mut rng)
+            };
+            images.batch(chunk, cfg.backbone.scaling(), dev, Some(&f))?
+        }
+        None => images.batch(chunk, cfg.backbone.scaling(), dev, None)?,
+    })
+}
+
+/// The head's logits for every row of `feats`, a batch at a time.
+fn head_logits_rows(head: &Head, feats: &FeatureRows, batch: usize, dev: &Device) -> Result<Tensor, TrainError> {
+    let idx: Vec<usize> = (0..feats.len()).collect();
+    let parts = idx.chunks(batch).map(|c| head_logits(head, &feats.rows(c, dev)?)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The whole network's logits for every image, a batch at a time (nothing
+/// kept but the logits).
+fn logits_of(bb: &Backbone, head: &Head, images: &Images, cfg: &TrainConfig, cancel: &AtomicBool) -> Result<Tensor, TrainError> {
+    let idx: Vec<usize> = (0..images.len()).collect();
+    let mut parts = Vec::with_capacity(idx.len().div_ceil(cfg.batch_size));
+    for chunk in idx.chunks(cfg.batch_size) {
+        check_cancel(cancel)?;
+        let x = batch_of(images, chunk, cfg, None, &bb.device)?;
+        parts.push(head_logits(head, &bb.features(&x)?)?);
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
@@ -325,15 +327,19 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
         });
         let store = FeatureStore::open(&spec.out_dir, &key.to_string(), spec.resume)?;
-        let mut reused = 0;
+        let dim = bb.feature_dim();
         let mut train_views = Vec::with_capacity(views);
+        let mut reused = 0;
         for v in 0..views {
             let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
-            let saved = Saved { store: &store, part: format!("train-{v}"), reused: &mut reused };
-            train_views.push(extract(&bb, &train, cfg, a, |_, _| report(on_event), Some(saved), cancel)?);
+            let mut rows = store.part(&format!("train-{v}"), train.len(), dim)?;
+            reused += rows.finished;
+            extract(&bb, &train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
+            train_views.push(rows);
         }
-        let saved = Saved { store: &store, part: "validation".into(), reused: &mut reused };
-        let val_feats = extract(&bb, &val, cfg, None, |_, _| report(on_event), Some(saved), cancel)?;
+        let mut val_feats = store.part("validation", val.len(), dim)?;
+        reused += val_feats.finished;
+        extract(&bb, &val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
         if reused > 0 {
             on_event(Event::Message {
                 text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
@@ -352,8 +358,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             let (mut loss_sum, mut correct) = (0.0, 0usize);
             for chunk in order.chunks(cfg.batch_size) {
                 let view = if views > 1 { rand::Rng::gen_range(&mut rng, 0..views) } else { 0 };
-                let ids = Tensor::from_vec(chunk.iter().map(|i| *i as u32).collect::<Vec<_>>(), chunk.len(), dev)?;
-                let x = train_views[view].index_select(&ids, 0)?;
+                let x = train_views[view].rows(chunk, dev)?;
                 let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
                 let (logits, tape) = head.forward_train(&x, &mut rng)?;
                 let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
@@ -363,7 +368,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
                 correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
             }
             let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-            let ev = evaluate(&head_logits(&head, &val_feats)?, &val.labels, classes.len())?;
+            let ev = evaluate(&head_logits_rows(&head, &val_feats, cfg.batch_size, dev)?, &val.labels, classes.len())?;
             on_event(Event::Epoch {
                 stage: Stage::Frozen,
                 epoch,
@@ -463,8 +468,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             }
         }
         let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-        let val_feats = extract(&bb, &val, cfg, None, |_, _| {}, None, cancel)?;
-        let ev = evaluate(&head_logits(&head, &val_feats)?, &val.labels, classes.len())?;
+        let ev = evaluate(&logits_of(&bb, &head, &val, cfg, cancel)?, &val.labels, classes.len())?;
         on_event(Event::Epoch {
             stage: Stage::Finetune,
             epoch,
