@@ -169,6 +169,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_PREDICT_MAX_QUEUE", default_value_t = 128)]
     pub predict_max_queue: usize,
 
+    /// Minutes between mid-epoch checkpoints in stage 2, so that a crash loses
+    /// minutes rather than an epoch (0 = at epoch ends only).
+    #[arg(long, env = "TUNESERVE_CHECKPOINT_MINUTES", default_value_t = 10.0)]
+    pub checkpoint_minutes: f64,
+
     /// Emit a progress event every N training steps.
     #[arg(long, env = "TUNESERVE_PROGRESS_EVERY", default_value_t = 10)]
     pub progress_every: usize,

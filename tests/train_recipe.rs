@@ -31,6 +31,7 @@ fn spec(data: &std::path::Path, out: &std::path::Path, cfg: TrainConfig, resume:
         dataset_root: data.to_path_buf(),
         manifest: DatasetManifest::scan(data).unwrap(),
         cache_dir: data.with_extension("cache"),
+        partial_every: None,
         weights: WeightsChoice::Seeded,
         variant: Variant::Tiny,
         out_dir: out.to_path_buf(),
@@ -179,4 +180,51 @@ fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
     assert_eq!(reused.as_deref(), Some("feature pass: reused 5 of 14 batches from an interrupted attempt"));
     assert_eq!(epochs(&resumed), epochs(&full), "the resumed run must end as the uninterrupted one");
     assert!(!out.join(".features").exists(), "the feature store is removed after stage 1");
+}
+
+/// Stage 2 saves mid-epoch checkpoints; a run stopped inside an epoch (as
+/// kill -9 would) resumes at the next batch of that epoch, in the same data
+/// order and with the same randomness, and ends exactly as an uninterrupted run.
+#[test]
+fn stopped_inside_an_epoch_resumes_at_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::synthetic::write_dataset(&data, 2, 24, 8, 71, 5);
+    let cfg = TrainConfig { batch_size: 8, augment: true, ..config(1, 2) };
+    let every = |out: &std::path::Path, resume| RunSpec { partial_every: Some(std::time::Duration::ZERO), ..spec(&data, out, cfg.clone(), resume) };
+
+    let mut full = Vec::new();
+    train::run(every(&dir.path().join("a"), false), &mut |e| full.push(e), &AtomicBool::new(false)).unwrap();
+
+    // Stop after batch 4 of stage 2's epoch 2 (48 training images: 6 batches).
+    let out = dir.path().join("b");
+    let cancel = AtomicBool::new(false);
+    let err = train::run(
+        every(&out, false),
+        &mut |e| {
+            if let Event::Progress { stage: Stage::Finetune, epoch: 2, step: 4, .. } = e {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TrainError::Cancelled));
+    assert!(out.join(".partial").is_dir(), "a mid-epoch checkpoint is on disk");
+
+    let mut resumed = Vec::new();
+    train::run(every(&out, true), &mut |e| resumed.push(e), &AtomicBool::new(false)).unwrap();
+    assert!(
+        resumed.iter().any(|e| matches!(e, Event::Message { text } if text.contains("inside epoch 2 after 4 batches"))),
+        "the resume must start inside epoch 2"
+    );
+    let first_step = resumed.iter().find_map(|e| match e {
+        Event::Progress { stage: Stage::Finetune, step, .. } => Some(*step),
+        _ => None,
+    });
+    assert_eq!(first_step, Some(5), "no finished batch is trained again");
+    let r = epochs(&resumed);
+    let f = epochs(&full);
+    assert_eq!(r, f[f.len() - 1..].to_vec(), "the resumed epoch must equal the uninterrupted run's");
+    assert!(!out.join(".partial").exists(), "the mid-epoch checkpoint goes once its epoch is saved");
 }

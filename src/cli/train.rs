@@ -27,6 +27,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Minutes between mid-epoch checkpoints in stage 2 (0 = at epoch ends only).
+    #[arg(long, default_value_t = 10.0)]
+    pub checkpoint_minutes: f64,
     #[arg(long, default_value = "xception")]
     pub backbone: BackboneKind,
     #[arg(long, value_enum, default_value = "full")]
@@ -118,6 +121,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         dataset_root: root,
         manifest,
         cache_dir: args.out.join("pixel-cache"),
+        partial_every: (args.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(args.checkpoint_minutes * 60.0)),
         weights,
         variant: match args.variant {
             VariantArg::Full => Variant::Full,

@@ -451,6 +451,8 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
         dataset_root: ds.join(FILES_DIR),
         manifest,
         cache_dir: crate::data::cache::dir_in(&ds),
+        partial_every: (ctx.cfg.checkpoint_minutes > 0.0)
+            .then(|| Duration::from_secs_f64(ctx.cfg.checkpoint_minutes * 60.0)),
         weights,
         variant,
         out_dir,

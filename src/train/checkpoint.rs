@@ -79,6 +79,17 @@ pub fn save(
     optimizer: &[(String, Tensor)],
     meta: &CheckpointMeta,
 ) -> Result<PathBuf, TrainError> {
+    save_with(out, name, tensors, optimizer, meta, None)
+}
+
+fn save_with(
+    out: &Path,
+    name: &str,
+    tensors: &HashMap<String, Tensor>,
+    optimizer: &[(String, Tensor)],
+    meta: &CheckpointMeta,
+    extra: Option<(&str, Vec<u8>)>,
+) -> Result<PathBuf, TrainError> {
     fs::create_dir_all(out)?;
     let tmp = out.join(format!(".tmp-{name}"));
     if tmp.exists() {
@@ -92,6 +103,9 @@ pub fn save(
         fs::File::open(tmp.join(f))?.sync_all()?;
     }
     write_synced(&tmp.join(META_FILE), &serde_json::to_vec_pretty(meta)?)?;
+    if let Some((file, bytes)) = extra {
+        write_synced(&tmp.join(file), &bytes)?;
+    }
     fsync_dir(&tmp)?;
     let dst = out.join(name);
     if dst.exists() {
@@ -100,6 +114,48 @@ pub fn save(
     fs::rename(&tmp, &dst)?;
     fsync_dir(out)?;
     Ok(dst)
+}
+
+/// The mid-epoch checkpoint of stage 2 (one at a time, hidden from
+/// [`list`]: it is for resuming only, never a model).
+pub const PARTIAL: &str = ".partial";
+const PROGRESS_FILE: &str = "progress.json";
+
+/// How far into an epoch a mid-epoch checkpoint was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    pub epoch: usize,
+    /// Batches of the epoch already trained (in the epoch's seeded order).
+    pub steps_done: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+}
+
+pub fn save_partial(
+    out: &Path,
+    tensors: &HashMap<String, Tensor>,
+    optimizer: &[(String, Tensor)],
+    meta: &CheckpointMeta,
+    progress: &EpochProgress,
+) -> Result<PathBuf, TrainError> {
+    save_with(out, PARTIAL, tensors, optimizer, meta, Some((PROGRESS_FILE, serde_json::to_vec(progress)?)))
+}
+
+/// The mid-epoch checkpoint, if a complete one is there.
+pub fn read_partial(out: &Path) -> Result<Option<(CheckpointMeta, EpochProgress)>, TrainError> {
+    let dir = out.join(PARTIAL);
+    match fs::read(dir.join(PROGRESS_FILE)) {
+        Ok(b) => Ok(Some((read_meta(&dir)?, serde_json::from_slice(&b)?))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn remove_partial(out: &Path) -> Result<(), TrainError> {
+    match fs::remove_dir_all(out.join(PARTIAL)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 pub fn set_best(out: &Path, name: &str) -> Result<(), TrainError> {

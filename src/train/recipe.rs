@@ -48,6 +48,9 @@ pub struct RunSpec {
     pub manifest: DatasetManifest,
     /// Where the dataset's decoded, resized pixels are cached (built on first use).
     pub cache_dir: PathBuf,
+    /// How often stage 2 saves a mid-epoch checkpoint to resume from (None: at
+    /// epoch ends only).
+    pub partial_every: Option<std::time::Duration>,
     pub weights: WeightsChoice,
     pub variant: Variant,
     pub out_dir: PathBuf,
@@ -267,8 +270,28 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         )));
     }
 
-    let (bb, head) = match &resume_from {
-        Some((name, meta)) => {
+    // A mid-epoch checkpoint of the stage-2 epoch after the newest complete
+    // one: the run continues from inside that epoch.
+    let last_finetune = existing.iter().filter(|(_, m)| m.stage == Stage::Finetune).map(|(_, m)| m.epoch).max().unwrap_or(0);
+    let partial = match spec.resume {
+        true => checkpoint::read_partial(&spec.out_dir)?.filter(|(m, p)| {
+            m.stage == Stage::Finetune && p.epoch == last_finetune + 1 && m.classes == classes && m.backbone == cfg.backbone
+        }),
+        false => None,
+    };
+    if partial.is_none() {
+        checkpoint::remove_partial(&spec.out_dir)?;
+    }
+
+    let (bb, head) = match (&partial, &resume_from) {
+        (Some((_, p)), _) => {
+            let t = checkpoint::load_tensors(&spec.out_dir.join(checkpoint::PARTIAL), checkpoint::MODEL_FILE, dev)?;
+            on_event(Event::Message {
+                text: format!("resuming stage 2 inside epoch {} after {} batches (mid-epoch checkpoint)", p.epoch, p.steps_done),
+            });
+            build_from(&t, cfg, spec.variant, dev)?
+        }
+        (None, Some((name, meta))) => {
             if meta.classes != classes || meta.backbone != cfg.backbone {
                 return Err(TrainError::Checkpoint(format!("checkpoint {name} was made for other classes or another backbone")));
             }
@@ -276,7 +299,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             on_event(Event::Message { text: format!("resuming from checkpoint {name}") });
             build_from(&t, cfg, spec.variant, dev)?
         }
-        None => {
+        (None, None) => {
             let src: Box<dyn WeightSource> = match &spec.weights {
                 WeightsChoice::Pretrained(p) => Box::new(
                     WeightSet::from_file(p).map_err(|e| TrainError::Checkpoint(format!("pretrained weights: {e}")))?,
@@ -306,7 +329,8 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
     };
 
     // ---- Stage 1: head on cached features ----
-    let stage1_done = resume_from.as_ref().is_some_and(|(_, m)| m.stage == Stage::Frozen || m.stage == Stage::Finetune);
+    let stage1_done = partial.is_some()
+        || resume_from.as_ref().is_some_and(|(_, m)| m.stage == Stage::Frozen || m.stage == Stage::Finetune);
     let mut stage1_best: Option<(String, CheckpointMeta)> =
         existing.iter().filter(|(_, m)| m.stage == Stage::Frozen).last().cloned();
     if !stage1_done && cfg.frozen_epochs > 0 {
@@ -409,13 +433,19 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         .filter(|(_, m)| m.stage == Stage::Finetune)
         .min_by(|a, b| a.1.validation.loss.total_cmp(&b.1.validation.loss))
         .cloned();
-    let (start_epoch, mut opt) = match &resume_from {
-        Some((name, m)) if m.stage == Stage::Finetune => {
+    let (start_epoch, mut opt) = match (&partial, &resume_from) {
+        (Some((m, p)), _) => {
+            let state = checkpoint::load_tensors(&spec.out_dir.join(checkpoint::PARTIAL), checkpoint::OPTIMIZER_FILE, dev)?;
+            (p.epoch, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
+        }
+        (None, Some((name, m))) if m.stage == Stage::Finetune => {
             let state = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::OPTIMIZER_FILE, dev)?;
             (m.epoch + 1, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
         }
         _ => (1, Adam::new(cfg.finetune_lr)),
     };
+    let mut inside = partial.map(|(_, p)| p);
+    let mut last_partial = Instant::now();
     let mut since_best = stage2_best
         .as_ref()
         .map(|(_, b)| existing.iter().filter(|(_, m)| m.stage == Stage::Finetune && m.epoch > b.epoch).count())
@@ -429,12 +459,18 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             break;
         }
         let t0 = Instant::now();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(7_000_003) ^ (epoch as u64) << 8);
+        let epoch_seed = cfg.seed.wrapping_mul(7_000_003) ^ (epoch as u64) << 8;
         let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut correct) = (0.0, 0usize);
-        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+        // Continuing inside this epoch: the same order, from the next batch.
+        let resumed = inside.take().filter(|p| p.epoch == epoch);
+        let skip = resumed.as_ref().map_or(0, |p| p.steps_done);
+        let (mut loss_sum, mut correct) = resumed.map_or((0.0, 0usize), |p| (p.loss_sum, p.correct));
+        for (step, chunk) in order.chunks(cfg.batch_size).enumerate().skip(skip) {
             check_cancel(cancel)?;
+            // Each batch's randomness (augmentation, dropout) depends on its
+            // position only, so a resumed epoch draws exactly the same.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(epoch_seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let batch_seed: u64 = rand::Rng::gen(&mut rng);
             let x = match aug {
                 Some(a) => {
@@ -466,6 +502,14 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             if (step + 1) % progress_every == 0 || step + 1 == steps {
                 on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps });
             }
+            if spec.partial_every.is_some_and(|every| last_partial.elapsed() >= every) && step + 1 < steps {
+                let seen = ((step + 1) * cfg.batch_size).min(train.len()) as f64;
+                let so_far = Metrics { loss: loss_sum / seen, accuracy: correct as f64 / seen };
+                let meta = meta_for(Stage::Finetune, epoch, so_far, so_far, opt.step, Vec::new());
+                let progress = checkpoint::EpochProgress { epoch, steps_done: step + 1, loss_sum, correct };
+                checkpoint::save_partial(&spec.out_dir, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta, &progress)?;
+                last_partial = Instant::now();
+            }
         }
         let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
         let ev = evaluate(&logits_of(&bb, &head, &val, cfg, cancel)?, &val.labels, classes.len())?;
@@ -480,6 +524,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         let name = checkpoint::name(Stage::Finetune, epoch);
         let meta = meta_for(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
         checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta)?;
+        checkpoint::remove_partial(&spec.out_dir)?;
         on_event(Event::Checkpoint { stage: Stage::Finetune, epoch, name: name.clone(), validation: meta.validation });
         let improved = stage2_best.as_ref().is_none_or(|(_, b)| meta.validation.loss < b.validation.loss);
         if improved {
