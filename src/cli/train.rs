@@ -27,6 +27,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Print each training event as a JSON line on stderr instead of progress bars.
+    #[arg(long)]
+    pub json_events: bool,
     /// Minutes between mid-epoch checkpoints in stage 2 (0 = at epoch ends only).
     #[arg(long, default_value_t = 10.0)]
     pub checkpoint_minutes: f64,
@@ -138,6 +141,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let summary = train::run(
         spec,
         &mut |e| match &e {
+            _ if args.json_events => {
+                if let Ok(line) = serde_json::to_string(&e) {
+                    eprintln!("{line}");
+                }
+            }
             Event::Progress { stage, epoch, epochs, step, steps } => {
                 if bar.as_ref().is_none_or(|(s, ep, _)| s != stage || ep != epoch) {
                     let pb = ProgressBar::new(*steps as u64).with_style(style.clone());
