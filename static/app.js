@@ -412,12 +412,20 @@ function setStatus(status) {
   $('#live-body').dataset.status = status;
 }
 
-function setProgress(stage, epoch, epochs, step, steps, epochDone = false) {
+/** "about 3 min left" from seconds. */
+function etaText(s) {
+  if (s === undefined || s === null || !Number.isFinite(s)) return '';
+  if (s < 90) return `, about ${Math.max(1, Math.round(s))} s left in this stage`;
+  if (s < 5400) return `, about ${Math.round(s / 60)} min left in this stage`;
+  return `, about ${(s / 3600).toFixed(1)} h left in this stage`;
+}
+
+function setProgress(stage, epoch, epochs, step, steps, epochDone = false, etaS = undefined) {
   const job = live.job;
   $('#live-stage').textContent = STAGE_NAMES[stage] || stage || '–';
   if (stage === 'features') {
     $('#live-epoch').textContent = '–';
-    $('#live-progress-label').textContent = `Caching features: ${step}/${steps}`;
+    $('#live-progress-label').textContent = `Caching features: ${step}/${steps}${etaText(etaS)}`;
     $('#live-progress').value = steps ? (100 * step) / steps : 0;
     return;
   }
@@ -428,7 +436,7 @@ function setProgress(stage, epoch, epochs, step, steps, epochDone = false) {
   const done = stageOffset(job, stage) + Math.max(0, (epoch || 1) - 1) + within;
   const frac = total ? Math.min(1, done / total) : 0;
   $('#live-progress').value = 100 * frac;
-  const detail = epochDone ? ` (epoch ${epoch} done)` : steps ? ` (step ${step}/${steps})` : '';
+  const detail = epochDone ? ` (epoch ${epoch} done)` : steps ? ` (step ${step}/${steps}${etaText(etaS)})` : '';
   $('#live-progress-label').textContent = `Progress ${pct(frac)}${detail}`;
 }
 
@@ -484,7 +492,7 @@ function watchJob(job) {
       refreshJobs();
     }
   });
-  on('progress', (d) => setProgress(d.stage, d.epoch, d.epochs, d.step, d.steps));
+  on('progress', (d) => setProgress(d.stage, d.epoch, d.epochs, d.step, d.steps, false, d.eta_s));
   on('epoch', (d) => {
     live.epochs.push(d);
     setProgress(d.stage, d.epoch, d.epochs, 0, 0, true);

@@ -146,7 +146,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     eprintln!("{line}");
                 }
             }
-            Event::Progress { stage, epoch, epochs, step, steps } => {
+            Event::Progress { stage, epoch, epochs, step, steps, .. } => {
                 if bar.as_ref().is_none_or(|(s, ep, _)| s != stage || ep != epoch) {
                     let pb = ProgressBar::new(*steps as u64).with_style(style.clone());
                     pb.set_prefix(format!("{} {epoch}/{epochs}", stage_name(*stage)));

@@ -218,7 +218,7 @@ fn run_job(ctx: &JobContext, job: JobRow) {
             }
         };
         match &ev {
-            Event::Progress { stage, epoch, epochs, step, steps } => {
+            Event::Progress { stage, epoch, epochs, step, steps, .. } => {
                 if step % progress_every != 0 && step != steps {
                     return;
                 }

@@ -78,8 +78,17 @@ pub struct Metrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// Every N steps inside an epoch.
-    Progress { stage: Stage, epoch: usize, epochs: usize, step: usize, steps: usize },
+    /// Every N steps inside an epoch. `eta_s`: estimated seconds until the
+    /// stage ends (all its remaining epochs, at the pace seen so far).
+    Progress {
+        stage: Stage,
+        epoch: usize,
+        epochs: usize,
+        step: usize,
+        steps: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_s: Option<f64>,
+    },
     /// End of an epoch.
     Epoch { stage: Stage, epoch: usize, epochs: usize, train: Metrics, validation: Metrics, seconds: f64 },
     /// A checkpoint was written (directory name under the run's output dir).

@@ -338,9 +338,11 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
         let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
         let mut done = 0;
+        let pass_started = Instant::now();
         let mut report = |on_event: &mut dyn FnMut(Event)| {
             done += 1;
-            on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps });
+            let eta_s = eta(pass_started, done, total_steps);
+            on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps, eta_s });
         };
         // Everything the features depend on: a resumed run reuses the
         // batches an interrupted one finished only when all of it matches.
@@ -500,7 +502,11 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             loss_sum += l * chunk.len() as f64;
             correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
             if (step + 1) % progress_every == 0 || step + 1 == steps {
-                on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps });
+                // This epoch's pace (from where it started or resumed), for all
+                // steps left in the stage.
+                let left = steps - (step + 1) + (cfg.finetune_epochs - epoch) * steps;
+                let eta_s = eta(t0, step + 1 - skip, step + 1 - skip + left);
+                on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps, eta_s });
             }
             if spec.partial_every.is_some_and(|every| last_partial.elapsed() >= every) && step + 1 < steps {
                 let seen = ((step + 1) * cfg.batch_size).min(train.len()) as f64;
@@ -555,6 +561,11 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Seconds left for `total` steps when `done` took the time since `started`.
+fn eta(started: Instant, done: usize, total: usize) -> Option<f64> {
+    (done > 0).then(|| started.elapsed().as_secs_f64() / done as f64 * total.saturating_sub(done) as f64)
 }
 
 /// The checkpoint with the lower validation loss; stage 1 wins ties (fallback).
