@@ -15,7 +15,7 @@ use super::{page_limit, SharedState};
 use crate::data::dataset::Split;
 use crate::data::ingest::{self, IngestLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::jobs::{FILES_DIR, MANIFEST_FILE};
+use crate::data::folder;
 use crate::store::db::{now_ms, DatasetRow};
 
 /// Largest single file inside an archive.
@@ -118,7 +118,7 @@ pub async fn create(
         max_file_bytes: MAX_FILE_BYTES,
         image: st.cfg.decode_limits(),
     };
-    let files = staging.dir.join(FILES_DIR);
+    let files = folder::files_dir(&staging.dir);
     let started = std::time::Instant::now();
     // A client that goes away drops this handler, and with it `abandon`: the
     // extraction stops at its next entry and removes what it wrote.
@@ -149,7 +149,10 @@ pub async fn create(
             validation: manifest.count(c, Split::Validation),
         })
         .collect();
-    tokio::fs::write(staging.dir.join(MANIFEST_FILE), serde_json::to_vec(&manifest)?).await?;
+    {
+        let (dir, m) = (staging.dir.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || folder::write_manifest(&dir, &m)).await??;
+    }
     let dest = st.artifacts.dataset_dir(&id);
     tokio::fs::rename(&staging.dir, &dest).await?;
     staging.keep = true;

@@ -65,11 +65,6 @@ pub struct PixelCache {
     pub bytes: u64,
 }
 
-/// Where a dataset folder keeps its pixel caches.
-pub fn dir_in(dataset_dir: &Path) -> PathBuf {
-    dataset_dir.join("cache")
-}
-
 fn digest(samples: &[Sample]) -> String {
     let mut h = Sha256::new();
     for s in samples {

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod dataset;
+pub mod folder;
 pub mod image;
 pub mod ingest;
 pub mod loader;

@@ -21,14 +21,12 @@ use tracing::{error, info, info_span, warn};
 
 use crate::config::ServeConfig;
 use crate::data::dataset::{DatasetManifest, Split};
+use crate::data::folder;
 use crate::model::Variant;
 use crate::store::db::{self, status, CheckpointRow, JobRow, Lease, ModelRow};
 use crate::store::{ArtifactStore, Db};
 use crate::train::{self, checkpoint, Event, RunSpec, TrainConfig, TrainError, WeightsChoice};
 
-/// Name of the manifest file in a dataset's directory; its images are under `files/`.
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const FILES_DIR: &str = "files";
 
 /// How often a running job tells the database it is alive (and learns of cancels).
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -421,9 +419,7 @@ async fn sync_checkpoints(
 async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
     let config: TrainConfig = serde_json::from_str(&job.config).map_err(|e| format!("stored config: {e}"))?;
     let ds = ctx.artifacts.fetch_dataset(&job.dataset_id).await.map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))?;
-    let manifest: DatasetManifest = std::fs::read(ds.join(MANIFEST_FILE))
-        .map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("dataset manifest: {e}")))?;
+    let manifest = folder::read_manifest(&ds).map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))?;
     let (variant, weights) = match job.variant.as_str() {
         "tiny" => (Variant::Tiny, WeightsChoice::Seeded),
         _ => {
@@ -448,9 +444,9 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
         || checkpoint::list(&out_dir).map(|l| !l.is_empty()).unwrap_or(false);
     Ok(RunSpec {
         config,
-        dataset_root: ds.join(FILES_DIR),
+        dataset_root: folder::files_dir(&ds),
         manifest,
-        cache_dir: crate::data::cache::dir_in(&ds),
+        cache_dir: folder::cache_dir(&ds),
         partial_every: (ctx.cfg.checkpoint_minutes > 0.0)
             .then(|| Duration::from_secs_f64(ctx.cfg.checkpoint_minutes * 60.0)),
         weights,

@@ -189,7 +189,7 @@ impl ArtifactStore for ObjectArtifacts {
 
     async fn fetch_dataset(&self, id: &str) -> Result<PathBuf, ArtifactError> {
         let dest = self.dataset_dir(id);
-        if dest.join(crate::jobs::MANIFEST_FILE).exists() {
+        if dest.join(crate::data::folder::MANIFEST_FILE).exists() {
             return Ok(dest);
         }
         let scratch = self.scratch("dataset");
@@ -216,7 +216,7 @@ impl ArtifactStore for ObjectArtifacts {
             let _ = tokio::fs::remove_dir_all(&scratch).await;
             return Err(e);
         }
-        move_into_place(&scratch, &dest, crate::jobs::MANIFEST_FILE).await?;
+        move_into_place(&scratch, &dest, crate::data::folder::MANIFEST_FILE).await?;
         Ok(dest)
     }
 
