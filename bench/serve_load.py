@@ -8,7 +8,8 @@ directory, trains a model on a slice of the cats & dogs photos through the API
 1. raw: `tuneserve bench --workload infer` (batch 32) with the same binary, for
    the ratio the acceptance asks for;
 2. load: `tuneserve loadtest` at 1, 8, 64 and 256 concurrent clients, 60 s
-   each, on 150x150 JPEGs made from the validation photos;
+   each, on 150x150 JPEGs made from the validation photos, while /health is
+   probed every 50 ms (its p99 per level);
 3. soak: a stage-2 job on the whole dataset keeps training while 8 clients
    predict for 10 minutes; the server's RSS is sampled every 10 s.
 
@@ -97,6 +98,41 @@ def loadtest(bin_, base, images, pid, clients, seconds, rss_every=10):
     return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
 
 
+class HealthProbe:
+    """GET /health every 50 ms in a thread while a load level runs: the
+    operations endpoint must stay fast however loaded /predict is."""
+
+    def __init__(self, base):
+        import threading
+        self.base, self.ms, self.errors = base, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=10) as r:
+                    r.read()
+                self.ms.append(1000 * (time.perf_counter() - t))
+            except OSError:
+                self.errors += 1
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self):
+        ms = sorted(self.ms)
+        pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))] if ms else None
+        return {"health_probes": len(ms), "health_errors": self.errors, "health_ms_p50": pick(0.5), "health_ms_p99": pick(0.99)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/tuneserve"))
@@ -136,10 +172,15 @@ def main():
             log("model published:", done["model_id"])
             images = jpegs_150(a.data, os.path.join(d, "img150"))
 
-            result["levels"] = loadtest(a.bin, base, images, server.pid, a.clients, a.duration)
-            for lv in result["levels"]:
+            result["levels"] = []
+            for clients in a.clients.split(","):
+                with HealthProbe(base) as probe:
+                    lv = loadtest(a.bin, base, images, server.pid, clients, a.duration)[0]
+                lv.update(probe.summary())
+                result["levels"].append(lv)
                 log(f"{lv['clients']:>4} clients: {lv['images_per_second']:.1f} img/s, p50 {lv['latency_ms_p50']:.0f} ms, "
-                    f"p99 {lv['latency_ms_p99']:.0f} ms, 429s {lv['rejected']}, errors {lv['errors']}")
+                    f"p99 {lv['latency_ms_p99']:.0f} ms, 429s {lv['rejected']}, errors {lv['errors']}; "
+                    f"/health p99 {lv['health_ms_p99']:.1f} ms ({lv['health_probes']} probes, {lv['health_errors']} errors)")
 
             if a.soak > 0:
                 full = multipart(f"{base}/v1/datasets", "file", "full.zip", subset_zip(a.data, None, None))

@@ -228,3 +228,16 @@ fn stopped_inside_an_epoch_resumes_at_the_next_batch() {
     assert_eq!(r, f[f.len() - 1..].to_vec(), "the resumed epoch must equal the uninterrupted run's");
     assert!(!out.join(".partial").exists(), "the mid-epoch checkpoint goes once its epoch is saved");
 }
+
+/// A learning rate so large that the loss overflows ends the run with a
+/// reason a person can act on, not an error about unreadable metadata.
+#[test]
+fn a_diverging_run_fails_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::synthetic::write_dataset(&data, 2, 16, 8, 71, 6);
+    let cfg = TrainConfig { frozen_lr: 1e38, ..config(3, 0) };
+    let err = train::run(spec(&data, &dir.path().join("out"), cfg, false), &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged(_)), "{err}");
+    assert!(err.to_string().contains("lower learning rate"), "{err}");
+}

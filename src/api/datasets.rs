@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 
@@ -111,6 +111,7 @@ pub async fn create(
         return Err(ApiError::bad_request("empty_upload", "the uploaded archive is empty (0 bytes)"));
     }
     let name = q.name.or(file_name).unwrap_or_else(|| "dataset".into());
+    let name = if check_name(&name).is_ok() { name } else { name_from_file(&name) };
 
     let limits = IngestLimits {
         max_entries: st.cfg.max_archive_entries,
@@ -239,6 +240,23 @@ fn check_name(name: &str) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+/// A usable name made from an uploaded file's name (which nobody checked):
+/// control characters dropped, cut to the length limit at a character boundary.
+fn name_from_file(file_name: &str) -> String {
+    let mut out = String::new();
+    for c in file_name.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    if out.trim().is_empty() {
+        "dataset".into()
+    } else {
+        out
+    }
 }
 
 /// A text field of at most `max` bytes, read chunk by chunk (never whole).

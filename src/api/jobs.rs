@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -152,7 +152,7 @@ pub async fn cancel(State(st): State<SharedState>, super::body::ApiPath(id): sup
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventQuery),
     responses(
         (status = 200, description = "history page (JSON) or SSE stream: `id` = seq, `event` = type, `data` = JSON",
-            content((JobEventList = "application/json"), (String = "text/event-stream"))),
+            content((JobEventList = "application/json"), (super::types::JobStreamEvent = "text/event-stream"))),
         (status = 400, description = "invalid query string", body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]

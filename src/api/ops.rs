@@ -177,6 +177,14 @@ impl Modify for Contract {
 /// are added to the JSON.)
 pub fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    // What an SSE event's `data` holds (utoipa has no attribute for contentSchema).
+    if let Some(data) = doc.pointer_mut("/components/schemas/JobStreamEvent/properties/data") {
+        data["contentSchema"] = json!({
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}},
+        });
+    }
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return doc };
     for (source, status, name, target, id, body) in LINKS {
         let mut link = json!({ "operationId": target });
@@ -259,4 +267,59 @@ pub async fn openapi() -> Json<serde_json::Value> {
 /// A self-contained page (no CDN) that renders /openapi.json.
 pub async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn ops(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_links_resolve() {
+        let doc = document();
+        let all = ops(&doc);
+        let ids: HashSet<&str> = all.iter().map(|(_, _, op)| op["operationId"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), all.len(), "operationIds must be unique");
+        assert_eq!(all.len(), OPERATION_IDS.len(), "every operation has a name in OPERATION_IDS");
+        let mut links = 0;
+        for (_, _, op) in &all {
+            for resp in op["responses"].as_object().unwrap().values() {
+                for link in resp["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                    assert!(ids.contains(link["operationId"].as_str().unwrap()), "{link}");
+                    links += 1;
+                }
+            }
+        }
+        assert_eq!(links, LINKS.len(), "every link lands on a documented response");
+    }
+
+    #[test]
+    fn parameters_are_where_the_handlers_read_them() {
+        for (method, path, op) in ops(&document()) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let want = if p["name"] == "id" { "path" } else { "query" };
+                assert_eq!(p["in"], want, "{method} {path} {p}");
+            }
+            let responses = op["responses"].as_object().unwrap();
+            if path.starts_with("/v1/") {
+                for s in ["401", "403", "503"] {
+                    assert!(responses.contains_key(s), "{method} {path} lacks {s}");
+                }
+            }
+            if op["parameters"].as_array().is_some_and(|p| !p.is_empty()) {
+                assert!(responses.contains_key("400"), "{method} {path} lacks 400");
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::Json;
 use base64::Engine;
 use rayon::prelude::*;

@@ -8,10 +8,23 @@ use utoipa::{IntoParams, ToSchema};
 use crate::data::dataset::Rejected;
 use crate::model::{BackboneKind, Variant};
 use crate::store::db::{CheckpointRow, DatasetRow, EventRow, JobRow, ModelRow};
-use crate::train::{Metrics, TrainConfig};
+use crate::train::TrainConfig;
 
 fn secs(ms: i64) -> i64 {
     ms / 1000
+}
+
+/// Loss and accuracy (accuracy at logit > 0 for two classes, argmax
+/// otherwise). A value that is not a finite number (a run whose loss
+/// diverged) is null.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobMetrics {
+    // Stored as JSON, where a NaN or infinite f64 is written as null; read
+    // back as null too instead of failing the whole response.
+    #[schema(required = true)]
+    pub loss: Option<f64>,
+    #[schema(required = true)]
+    pub accuracy: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -101,8 +114,8 @@ pub struct Job {
     pub epochs: Option<i64>,
     pub step: Option<i64>,
     pub steps: Option<i64>,
-    pub train_metrics: Option<Metrics>,
-    pub validation_metrics: Option<Metrics>,
+    pub train_metrics: Option<JobMetrics>,
+    pub validation_metrics: Option<JobMetrics>,
     pub error: Option<String>,
     /// The published model, once succeeded.
     pub model_id: Option<String>,
@@ -172,6 +185,19 @@ impl JobEvent {
     }
 }
 
+/// One Server-Sent Event of a job's live stream (`?stream=true`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JobStreamEvent {
+    /// The event's `seq`; send it back as `Last-Event-ID` to resume after it.
+    pub id: String,
+    /// The event type: status, progress, epoch, checkpoint or message.
+    pub event: String,
+    /// The event as JSON: the same object as `data` in the JSON history.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct JobEventList {
     pub object: &'static str,
@@ -188,8 +214,8 @@ pub struct Checkpoint {
     pub name: String,
     pub stage: String,
     pub epoch: i64,
-    pub train_metrics: Metrics,
-    pub validation_metrics: Metrics,
+    pub train_metrics: JobMetrics,
+    pub validation_metrics: JobMetrics,
     pub created_at: i64,
     /// GET this for a tar of model.safetensors and meta.json.
     pub download_url: String,
@@ -230,7 +256,7 @@ pub struct Model {
     pub variant: String,
     pub classes: Vec<String>,
     pub image_size: i64,
-    pub validation_metrics: Metrics,
+    pub validation_metrics: JobMetrics,
     /// The model POST /v1/predict uses.
     pub is_default: bool,
     pub created_at: i64,
@@ -279,7 +305,7 @@ pub struct UploadForm {
     #[schema(value_type = String, format = Binary)]
     pub file: Vec<u8>,
     /// A name for the dataset: 1 to 200 bytes of text without control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
     pub name: Option<String>,
 }
 
@@ -314,28 +340,48 @@ pub struct PredictResponse {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Page size, 1..=100 (default 20).
+    /// Page size, 1..=100 (default 20; other values are clamped).
+    #[param(nullable = false)]
     pub limit: Option<i64>,
     /// Id of the last item of the previous page.
+    #[serde(default, deserialize_with = "cursor")]
+    #[param(format = Uuid, nullable = false)]
     pub after: Option<String>,
 }
 
+/// What a cursor that is not an id becomes.
+const NO_CURSOR: &str = "not-an-id";
+
+/// Ids are UUIDs, so any other cursor names nothing: it is replaced by one
+/// that names nothing either and that every database takes (PostgreSQL
+/// refuses text with NUL bytes), and the page answers 400 invalid_cursor.
+fn cursor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let after = Option::<String>::deserialize(d)?;
+    Ok(after.map(|a| if uuid::Uuid::try_parse(&a).is_ok() { a } else { NO_CURSOR.to_string() }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
-    /// Page size for the history, 1..=1000 (default 100).
+    /// Page size for the history, 1..=1000 (default 100; other values are clamped).
+    #[param(nullable = false)]
     pub limit: Option<i64>,
     /// Return events with seq greater than this (default 0).
+    #[param(nullable = false)]
     pub after: Option<i64>,
     /// true: a live Server-Sent-Events stream (also chosen by `Accept: text/event-stream`).
+    #[param(nullable = false)]
     pub stream: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// A name for the dataset (default: the uploaded file's name): 1 to 200
     /// bytes of text without control characters.
-    #[param(min_length = 1, max_length = 200)]
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$", nullable = false)]
     pub name: Option<String>,
 }
 

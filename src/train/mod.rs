@@ -122,6 +122,8 @@ pub enum TrainError {
     Cancelled,
     #[error("invalid training configuration: {0}")]
     Config(String),
+    #[error("training diverged: {0}")]
+    Diverged(String),
     #[error("dataset problem: {0}")]
     Data(String),
     #[error("checkpoint problem: {0}")]

@@ -395,6 +395,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             }
             let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
             let ev = evaluate(&head_logits_rows(&head, &val_feats, cfg.batch_size, dev)?, &val.labels, classes.len())?;
+            finite(Stage::Frozen, epoch, &train_m, &ev.metrics, cfg.frozen_lr)?;
             on_event(Event::Epoch {
                 stage: Stage::Frozen,
                 epoch,
@@ -519,6 +520,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         }
         let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
         let ev = evaluate(&logits_of(&bb, &head, &val, cfg, cancel)?, &val.labels, classes.len())?;
+        finite(Stage::Finetune, epoch, &train_m, &ev.metrics, cfg.finetune_lr)?;
         on_event(Event::Epoch {
             stage: Stage::Finetune,
             epoch,
@@ -561,6 +563,22 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A loss that is NaN or infinite ends the run with a reason a person can act
+/// on (nothing after it could be trusted, and its metrics cannot be stored).
+fn finite(stage: Stage, epoch: usize, train: &Metrics, validation: &Metrics, lr: f64) -> Result<(), TrainError> {
+    if train.loss.is_finite() && validation.loss.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::Diverged(format!(
+        "the loss became {} in {} epoch {epoch} (learning rate {lr}); try a lower learning rate",
+        if train.loss.is_nan() || validation.loss.is_nan() { "NaN" } else { "infinite" },
+        match stage {
+            Stage::Finetune => "stage 2",
+            _ => "stage 1",
+        }
+    )))
 }
 
 /// Seconds left for `total` steps when `done` took the time since `started`.
