@@ -425,9 +425,15 @@ fn walk_has_files(dir: &std::path::Path) -> bool {
 async fn predict_pixel_budget() {
     let srv = TestServer::start_with(Db::Sqlite, |c| c.max_request_pixels = 40 * 40 * 3).await;
     let ds = srv.good_dataset().await;
+    let (_, d) = srv.get(&format!("/v1/datasets/{ds}")).await;
+    assert_eq!((d["images"].as_u64(), d["cache_bytes"].as_u64()), (Some(32), Some(0)), "{d}");
+    assert!(d["files_bytes"].as_u64().is_some_and(|b| b > 0), "{d}");
     let job = srv.create_tiny_job(&ds, 1, 0).await;
     let j = srv.wait_job(&job, Duration::from_secs(120)).await;
     assert_eq!(j["status"], "succeeded", "{j}");
+    // The job left the dataset's pixel cache behind (71x71 RGB per image).
+    let (_, d) = srv.get(&format!("/v1/datasets/{ds}")).await;
+    assert!(d["cache_bytes"].as_u64().is_some_and(|b| b >= 32 * 71 * 71 * 3), "{d}");
     let images: Vec<String> = (0..4).map(|i| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(image_bytes(true, i, false))

@@ -150,10 +150,13 @@ pub async fn create(
             validation: manifest.count(c, Split::Validation),
         })
         .collect();
-    {
+    let files_bytes = {
         let (dir, m) = (staging.dir.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || folder::write_manifest(&dir, &m)).await??;
-    }
+        tokio::task::spawn_blocking(move || {
+            folder::write_manifest(&dir, &m).map(|()| folder::bytes_under(&folder::files_dir(&dir)))
+        })
+        .await??
+    };
     let dest = st.artifacts.dataset_dir(&id);
     tokio::fs::rename(&staging.dir, &dest).await?;
     staging.keep = true;
@@ -167,6 +170,7 @@ pub async fn create(
         counts: serde_json::to_string(&counts)?,
         rejected: serde_json::to_string(&manifest.rejected)?,
         has_validation: manifest.has_validation as i64,
+        files_bytes: files_bytes as i64,
     };
     // Shared before it is listed: any worker can then fetch what a job names.
     let published = match st.artifacts.publish_dataset(&id).await {
@@ -312,7 +316,10 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
 pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Dataset>> {
     check_id("dataset", &id)?;
     let row = st.db.get_dataset(&id).await?.ok_or_else(|| not_found("dataset", &id))?;
-    Ok(Json(Dataset::from_row(row, true)?))
+    let mut d = Dataset::from_row(row, true)?;
+    let cache = folder::cache_dir(&st.artifacts.dataset_dir(&id));
+    d.cache_bytes = Some(tokio::task::spawn_blocking(move || folder::bytes_under(&cache)).await?);
+    Ok(Json(d))
 }
 
 /// Delete a dataset and its files (409 while a queued or running job uses it).

@@ -49,6 +49,15 @@ pub struct Dataset {
     pub counts: Vec<ClassCount>,
     pub has_validation: bool,
     pub rejected_count: usize,
+    /// Usable images, all splits.
+    pub images: usize,
+    /// Bytes of the extracted image files on disk.
+    pub files_bytes: i64,
+    /// Bytes of this server's caches derived from the dataset (decoded
+    /// pixels per input size; rebuilt when missing). Single-dataset
+    /// endpoints only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
     /// Files left out, and why (only on the single-dataset endpoints).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<Vec<Rejected>>,
@@ -57,14 +66,18 @@ pub struct Dataset {
 impl Dataset {
     pub fn from_row(r: DatasetRow, with_rejected: bool) -> Result<Self, serde_json::Error> {
         let rejected: Vec<Rejected> = serde_json::from_str(&r.rejected)?;
+        let counts: Vec<ClassCount> = serde_json::from_str(&r.counts)?;
         Ok(Self {
+            images: counts.iter().map(|c| c.train + c.validation).sum(),
+            files_bytes: r.files_bytes,
+            cache_bytes: None,
             id: r.id,
             object: "dataset",
             name: r.name,
             created_at: secs(r.created_at),
             archive_bytes: r.archive_bytes,
             classes: serde_json::from_str(&r.classes)?,
-            counts: serde_json::from_str(&r.counts)?,
+            counts,
             has_validation: r.has_validation != 0,
             rejected_count: rejected.len(),
             rejected: with_rejected.then_some(rejected),

@@ -46,6 +46,7 @@ pub struct DatasetRow {
     pub counts: String,
     pub rejected: String,
     pub has_validation: i64,
+    pub files_bytes: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -192,8 +193,8 @@ impl Db {
 
     pub async fn insert_dataset(&self, d: &DatasetRow) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO datasets (id, name, created_at, archive_bytes, classes, counts, rejected, has_validation) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO datasets (id, name, created_at, archive_bytes, classes, counts, rejected, has_validation, \
+             files_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&d.id)
         .bind(&d.name)
@@ -203,6 +204,7 @@ impl Db {
         .bind(&d.counts)
         .bind(&d.rejected)
         .bind(d.has_validation)
+        .bind(d.files_bytes)
         .execute(&self.pool)
         .await?;
         Ok(())
