@@ -39,6 +39,8 @@ fn main() {
         dataset_root: data,
         weights,
         variant: tuneserve::model::Variant::Full,
+        cache_dir: out.join("pixel-cache"),
+        partial_every: None,
         out_dir: out,
         resume: false,
         device,
