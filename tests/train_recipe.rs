@@ -153,8 +153,10 @@ fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
     let out = dir.path().join("b");
     let cancel = AtomicBool::new(false);
     let mut done = 0;
+    // Progress made durable after every batch (the service does it every few seconds).
+    let every_batch = |out: &std::path::Path, resume| RunSpec { partial_every: Some(std::time::Duration::ZERO), ..spec(&data, out, cfg.clone(), resume) };
     let err = train::run(
-        spec(&data, &out, cfg.clone(), false),
+        every_batch(&out, false),
         &mut |e| {
             if let Event::Progress { stage: Stage::Features, step, .. } = e {
                 done = step;
@@ -171,7 +173,7 @@ fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
     assert!(out.join(".features").is_dir(), "the finished batches are on disk");
 
     let mut resumed = Vec::new();
-    train::run(spec(&data, &out, cfg, true), &mut |e| resumed.push(e), &AtomicBool::new(false)).unwrap();
+    train::run(every_batch(&out, true), &mut |e| resumed.push(e), &AtomicBool::new(false)).unwrap();
     let reused = resumed.iter().find_map(|e| match e {
         Event::Message { text } if text.starts_with("feature pass: reused") => Some(text.clone()),
         _ => None,

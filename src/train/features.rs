@@ -9,13 +9,15 @@
 //!   the folder;
 //! - `<part>.f32`: one row of `dim` little-endian f32 per image;
 //! - `<part>.done`: how many batches of the part are written (renamed into
-//!   place after the batch's rows are synced, so it never runs ahead of them).
+//!   place after their rows are synced, every few seconds and at the end, so
+//!   it never runs ahead of them).
 //!
 //! The folder is removed once stage 1 has saved its checkpoint.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -51,12 +53,13 @@ impl FeatureStore {
 
     /// The rows of one part (`rows` images, `dim` features each), with the
     /// batches an earlier attempt finished.
-    pub fn part(&self, name: &str, rows: usize, dim: usize) -> Result<FeatureRows, TrainError> {
+    /// `sync_every`: how often its progress is made durable (see `write_batch`).
+    pub fn part(&self, name: &str, rows: usize, dim: usize, sync_every: Duration) -> Result<FeatureRows, TrainError> {
         let data = self.dir.join(format!("{name}.f32"));
         let done = self.dir.join(format!("{name}.done"));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&data)?;
         let finished = fs::read_to_string(&done).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        Ok(FeatureRows { file, done, rows, dim, finished })
+        Ok(FeatureRows { file, done, rows, dim, finished, synced: Instant::now(), sync_every })
     }
 
     /// Stage 1 is safe in its checkpoint: the features are not needed again.
@@ -74,7 +77,12 @@ pub struct FeatureRows {
     dim: usize,
     /// Batches already written, in order from the first.
     pub finished: usize,
+    synced: Instant,
+    sync_every: Duration,
 }
+
+/// How often the progress of a feature pass is made durable, at most.
+pub const SYNC_EVERY: Duration = Duration::from_secs(5);
 
 impl FeatureRows {
     pub fn len(&self) -> usize {
@@ -85,14 +93,21 @@ impl FeatureRows {
         self.rows == 0
     }
 
-    /// Writes batch `step` (rows from `first_row`), then records it finished.
-    pub fn write_batch(&mut self, step: usize, first_row: usize, features: &Tensor) -> Result<(), TrainError> {
+    /// Writes batch `step` (rows from `first_row`). Every few seconds, and at
+    /// `last`, the rows are synced and the batches so far recorded finished:
+    /// a crash loses at most those seconds, and syncing every batch would cost
+    /// more than it saves.
+    pub fn write_batch(&mut self, step: usize, first_row: usize, features: &Tensor, last: bool) -> Result<(), TrainError> {
         let values = features.flatten_all()?.to_vec1::<f32>()?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.file.write_all_at(&bytes, (first_row * self.dim * 4) as u64)?;
-        self.file.sync_data()?;
-        self.finished = step + 1;
-        write_atomic(&self.done, self.finished.to_string().as_bytes())
+        if last || self.synced.elapsed() >= self.sync_every {
+            self.file.sync_data()?;
+            self.finished = step + 1;
+            write_atomic(&self.done, self.finished.to_string().as_bytes())?;
+            self.synced = Instant::now();
+        }
+        Ok(())
     }
 
     /// The rows `idx` as a (len, dim) tensor.

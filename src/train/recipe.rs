@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::Adam;
 use super::augment::Augment;
 use super::checkpoint::{self, CheckpointMeta};
-use super::features::{FeatureRows, FeatureStore};
+use super::features::{FeatureRows, FeatureStore, SYNC_EVERY};
 use super::loss;
 use super::{Event, Metrics, Stage, TrainConfig, TrainError};
 use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
@@ -171,7 +171,7 @@ fn extract(
         check_cancel(cancel)?;
         if step >= out.finished {
             let x = batch_of(images, chunk, cfg, aug, &bb.device)?;
-            out.write_batch(step, chunk[0], &bb.features(&x)?)?;
+            out.write_batch(step, chunk[0], &bb.features(&x)?, step + 1 == steps)?;
         }
         progress(step + 1, steps);
     }
@@ -354,16 +354,17 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         });
         let store = FeatureStore::open(&spec.out_dir, &key.to_string(), spec.resume)?;
         let dim = bb.feature_dim();
+        let sync_every = spec.partial_every.map_or(SYNC_EVERY, |p| p.min(SYNC_EVERY));
         let mut train_views = Vec::with_capacity(views);
         let mut reused = 0;
         for v in 0..views {
             let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
-            let mut rows = store.part(&format!("train-{v}"), train.len(), dim)?;
+            let mut rows = store.part(&format!("train-{v}"), train.len(), dim, sync_every)?;
             reused += rows.finished;
             extract(&bb, &train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
             train_views.push(rows);
         }
-        let mut val_feats = store.part("validation", val.len(), dim)?;
+        let mut val_feats = store.part("validation", val.len(), dim, sync_every)?;
         reused += val_feats.finished;
         extract(&bb, &val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
         if reused > 0 {
