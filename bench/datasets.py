@@ -113,7 +113,7 @@ def run_train(exe, data, out, args):
             r = rss_mib(p.pid)
             if r is not None:
                 peaks[phase[0]] = max(peaks.get(phase[0], 0), r)
-            time.sleep(0.1)
+            time.sleep(args.sample_ms / 1000)
 
     threading.Thread(target=sample, daemon=True).start()
     for line in p.stderr:
@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--work", default="/tmp/tuneserve-datasets-bench")
     ap.add_argument("--exe", default="target/release/tuneserve")
     ap.add_argument("--compare-bench", action="store_true")
+    ap.add_argument("--sample-ms", type=float, default=100, help="RSS sampling interval")
     ap.add_argument("--out")
     args = ap.parse_args()
     results = []
