@@ -79,12 +79,9 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
-    pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
-        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message) }
-    }
 
-    /// 429 with its own code (`queue_full` is the prediction queue's).
-    pub fn too_many_requests_code(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
         Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
     }
 

@@ -79,7 +79,7 @@ pub async fn create(
     // Held until the dataset is in place (or refused): bounds the disk and CPU
     // that uploads take at once.
     let _slot = st.upload_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::too_many_requests_code(
+        ApiError::too_many_requests(
             "too_many_uploads",
             format!("{} dataset uploads are already under way; retry shortly", st.cfg.max_concurrent_uploads),
             5,

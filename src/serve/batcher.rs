@@ -60,6 +60,7 @@ impl Batcher {
         Reservation::take(&self.depth, self.max_queue, n).ok_or_else(|| {
             metrics::counter!("tuneserve_predict_rejected_total").increment(1);
             ApiError::too_many_requests(
+                "queue_full",
                 format!("the prediction queue is full ({} images waiting at most); retry shortly", self.max_queue),
                 1,
             )
