@@ -105,8 +105,9 @@ pub async fn serve_with(
     };
     let pools = cfg.compute_pools().map_err(ServeError::Config)?;
     let token = shutdown;
+    let default_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let state = Arc::new(AppState {
-        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits, pools.predict.clone()),
+        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits, pools.predict.clone(), default_changes.clone()),
         cfg: cfg.clone(),
         access,
         db: db.clone(),
@@ -127,6 +128,7 @@ pub async fn serve_with(
         train_pool: pools.train.clone(),
         queued: state.jobs_queued.clone(),
         events: state.job_events.clone(),
+        default_changes,
         shutdown: token.clone(),
         runtime: tokio::runtime::Handle::current(),
     });

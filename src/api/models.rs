@@ -48,6 +48,7 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
     if !st.db.set_default_model(&id).await? {
         return Err(not_found("model", &id));
     }
+    st.registry.default_changed();
     let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
     Ok(Json(Model::from_row(row)?))
 }

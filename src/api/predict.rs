@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::body::{check_declared_length, check_id, media_type, parse_json, read_limited};
 use super::datasets::multipart_error;
-use super::types::{PredictJson, PredictResponse, PredictionOut};
+use super::types::{PredictJson, PredictResponse};
 use super::SharedState;
 use crate::data::image::{self, ImageError};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -110,11 +110,7 @@ async fn run(st: &SharedState, model: Arc<LoadedModel>, req: Request) -> ApiResu
         })
     })
     .await??;
-    let preds = model.batcher.predict(room, images).await?;
-    let predictions = preds
-        .into_iter()
-        .map(|p| PredictionOut { logits: p.logits, probabilities: p.probabilities, label: p.label })
-        .collect();
+    let predictions = model.batcher.predict(room, images).await?;
     Ok(Json(PredictResponse { model: model.id.clone(), predictions }))
 }
 

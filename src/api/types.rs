@@ -1,6 +1,5 @@
 //! The JSON shapes of the API (resource model after OpenAI's fine-tuning API).
 
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -338,18 +337,11 @@ pub struct PredictForm {
 pub struct Binary(Vec<u8>);
 
 #[derive(Serialize, ToSchema)]
-pub struct PredictionOut {
-    pub logits: Vec<f32>,
-    pub probabilities: BTreeMap<String, f32>,
-    pub label: String,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct PredictResponse {
     /// The model that answered.
     pub model: String,
     /// One per input image, in input order.
-    pub predictions: Vec<PredictionOut>,
+    pub predictions: Vec<crate::serve::Prediction>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -57,6 +57,7 @@ pub async fn work(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), S
         train_pool: pools.train,
         queued: Arc::new(Notify::new()),
         events: Arc::new(Notify::new()),
+        default_changes: Default::default(),
         shutdown: shutdown.clone(),
         runtime: tokio::runtime::Handle::current(),
     });

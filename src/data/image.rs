@@ -350,6 +350,25 @@ impl Scaling {
     }
 }
 
+/// Images straight into the network's (C,B,H,W) f32 layout, scaled: one pass,
+/// no intermediate NHWC copy. All images must have the same size.
+pub fn to_planar_data(imgs: &[&RgbImage], scaling: Scaling) -> Vec<f32> {
+    let Some(first) = imgs.first() else { return Vec::new() };
+    let plane = (first.width() * first.height()) as usize;
+    let lut: Vec<f32> = (0..=255u8).map(|v| scaling.apply(v)).collect();
+    let b = imgs.len();
+    let mut out = vec![0f32; 3 * b * plane];
+    for (i, img) in imgs.iter().enumerate() {
+        assert_eq!(img.dimensions(), first.dimensions(), "to_planar_data: images of different sizes");
+        for (p, px) in img.as_raw().chunks_exact(3).enumerate() {
+            for (c, &v) in px.iter().enumerate() {
+                out[(c * b + i) * plane + p] = lut[usize::from(v)];
+            }
+        }
+    }
+    out
+}
+
 /// Flatten images into an NHWC f32 batch. All images must have the same size.
 pub fn to_tensor_data(imgs: &[RgbImage], scaling: Scaling) -> Vec<f32> {
     debug_assert!(
@@ -364,4 +383,27 @@ pub fn to_tensor_data(imgs: &[RgbImage], scaling: Scaling) -> Vec<f32> {
         out.extend(img.as_raw().iter().map(|&v| lut[usize::from(v)]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planar_data_is_the_nhwc_batch_transposed() {
+        let imgs: Vec<RgbImage> = (0..3u32)
+            .map(|k| RgbImage::from_fn(5, 4, |x, y| ::image::Rgb([(x * 50 + k) as u8, (y * 60 + k) as u8, (x * y * 7 + k * 3) as u8])))
+            .collect();
+        let refs: Vec<&RgbImage> = imgs.iter().collect();
+        let planar = to_planar_data(&refs, Scaling::MinusOneToOne);
+        let nhwc = to_tensor_data(&imgs, Scaling::MinusOneToOne);
+        let (b, h, w) = (3, 4, 5);
+        for i in 0..b {
+            for p in 0..h * w {
+                for c in 0..3 {
+                    assert_eq!(planar[(c * b + i) * h * w + p], nhwc[(i * h * w + p) * 3 + c]);
+                }
+            }
+        }
+    }
 }

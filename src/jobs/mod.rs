@@ -45,6 +45,8 @@ pub struct JobContext {
     pub queued: Arc<Notify>,
     /// Poked when a job event is stored (wakes SSE streams).
     pub events: Arc<Notify>,
+    /// Bumped when a job publishes a model (it may be the new default).
+    pub default_changes: Arc<std::sync::atomic::AtomicU64>,
     pub shutdown: CancellationToken,
     pub runtime: Handle,
 }
@@ -289,6 +291,7 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                     "model_id": model.id, "checkpoint": summary.best_checkpoint, "validation": summary.validation}));
                 match rt.block_on(ctx.db.publish_model(&model, &ctx.instance, &result)) {
                     Ok(true) => {
+                        ctx.default_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         metrics::counter!("tuneserve_jobs_finished_total", "status" => status::SUCCEEDED).increment(1);
                         info!(model_id = %model.id, checkpoint = %summary.best_checkpoint,
                             accuracy = summary.validation.accuracy, "job succeeded; model published");

@@ -103,10 +103,23 @@ impl Backbone {
         self.net.features(x)
     }
 
+    /// (3,B,H,W) scaled pixels (see `data::image::to_planar_data`) -> (B, feature_dim).
+    pub fn features_planar(&self, x: Tensor) -> Result<Tensor> {
+        self.net.features_planar(x)
+    }
+
     /// Training forward: pooled features plus what the backward needs.
     pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Tape)> {
         let mut saved = Vec::new();
         let map = self.net.forward_map(x, Some(&mut saved))?;
+        let dims = map.dims4()?;
+        Ok((Net::gap(&map)?, Tape { saved, map_dims: dims }))
+    }
+
+    /// `forward_train` of a (3,B,H,W) input (see `data::loader::Images::batch`).
+    pub fn forward_train_planar(&self, x: Tensor) -> Result<(Tensor, Tape)> {
+        let mut saved = Vec::new();
+        let map = self.net.forward_map_planar(x, Some(&mut saved))?;
         let dims = map.dims4()?;
         Ok((Net::gap(&map)?, Tape { saved, map_dims: dims }))
     }

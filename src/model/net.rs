@@ -161,6 +161,17 @@ impl Net {
         self.run(&self.nodes, x, tape)
     }
 
+    /// `forward_map` of an input already in the network's (C,B,H,W) layout.
+    pub fn forward_map_planar(&self, x_cbhw: Tensor, tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
+        self.run(&self.nodes, x_cbhw, tape)
+    }
+
+    /// Pooled features (B, feature_dim) of an input already in the network's
+    /// (C,B,H,W) layout, inference only.
+    pub fn features_planar(&self, x_cbhw: Tensor) -> Result<Tensor> {
+        Self::gap(&self.run(&self.nodes, x_cbhw, None)?)
+    }
+
     /// Global average pooling of a (C,B,h,w) map -> (B,C).
     pub fn gap(map: &Tensor) -> Result<Tensor> {
         let (c, b, h, w) = dims4(map)?;

@@ -1,6 +1,7 @@
 //! A trained model ready to answer: backbone + head rebuilt from a checkpoint,
 //! images in, logits / probabilities / label out.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use candle_core::Device;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::data::image::{resize_bilinear_pil, to_tensor_data};
+use crate::data::image::{resize_bilinear_pil, to_planar_data};
 use crate::model::{Backbone, Head};
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::{loss, TrainError};
@@ -52,19 +53,22 @@ impl Predictor {
         &self.meta
     }
 
-    /// Predicts decoded images (resized here exactly as in training if needed).
+    /// Predicts decoded images (resized here exactly as in training if
+    /// needed; images decoded for this model already have its size). The
+    /// pixels are copied once, into the network's input layout.
     pub fn predict(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, TrainError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
         let s = self.meta.image_size as u32;
-        let resized: Vec<RgbImage> = images
+        let resized: Vec<Cow<RgbImage>> = images
             .iter()
-            .map(|im| if im.dimensions() == (s, s) { im.clone() } else { resize_bilinear_pil(im, s, s) })
+            .map(|im| if im.dimensions() == (s, s) { Cow::Borrowed(im) } else { Cow::Owned(resize_bilinear_pil(im, s, s)) })
             .collect();
-        let data = to_tensor_data(&resized, self.meta.backbone.scaling());
-        let x = candle_core::Tensor::from_vec(data, (images.len(), s as usize, s as usize, 3), &self.backbone.device)?;
-        let logits = self.head.forward(&self.backbone.features(&x)?)?;
+        let refs: Vec<&RgbImage> = resized.iter().map(|c| c.as_ref()).collect();
+        let data = to_planar_data(&refs, self.meta.backbone.scaling());
+        let x = candle_core::Tensor::from_vec(data, (3, images.len(), s as usize, s as usize), &self.backbone.device)?;
+        let logits = self.head.forward(&self.backbone.features_planar(x)?)?;
         let probs = loss::probabilities(&logits)?;
         let rows = logits.to_vec2::<f32>()?;
         Ok(rows

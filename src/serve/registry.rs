@@ -1,11 +1,15 @@
-//! Which models are loaded. The default model is looked up in the database
-//! on every request, so a model published by any worker (or marked default
-//! through the API) is picked up without a restart; loading happens off the
-//! async runtime and the old model keeps serving until the new one is ready.
+//! Which models are loaded. The default model is served from memory and
+//! looked up again in the database once it is a second old (or at once when
+//! this process changed it), so a model published by any worker (or marked
+//! default through the API) is picked up without a restart; loading happens
+//! off the async runtime and the old model keeps serving until the new one is
+//! ready.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::batcher::{BatchLimits, Batcher};
 use super::predictor::Predictor;
@@ -27,9 +31,32 @@ pub struct Registry {
     limits: BatchLimits,
     pool: Arc<rayon::ThreadPool>,
     loaded: Mutex<Cache<Arc<LoadedModel>>>,
-    /// One lock per model being loaded: concurrent first requests for a model
-    /// load it once, and loading one model holds up no other.
-    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    loading: LoadLocks,
+    /// Bumped whenever this process changes the default model (a switch
+    /// through the API, a job publishing its model).
+    default_changes: Arc<AtomicU64>,
+}
+
+/// One lock per model being loaded: concurrent first requests for a model
+/// load it once, and loading one model holds up no other.
+#[derive(Default)]
+struct LoadLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl LoadLocks {
+    async fn lock(&self, id: &str) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = match self.0.lock() {
+            Ok(mut l) => l.entry(id.to_string()).or_default().clone(),
+            Err(_) => return Err(ApiError::internal("model registry lock poisoned")),
+        };
+        Ok(lock.lock_owned().await)
+    }
+
+    /// Forgets `id`'s lock once its load is over (waiters hold their own handle).
+    fn done(&self, id: &str) {
+        if let Ok(mut l) = self.0.lock() {
+            l.remove(id);
+        }
+    }
 }
 
 /// Models in memory, with when each was last asked for.
@@ -38,11 +65,13 @@ struct Cache<M> {
     clock: u64,
     /// The default model as last seen: never evicted.
     default: Option<String>,
+    /// When the default was read from the database, and `default_changes` then.
+    default_seen: Option<(Instant, u64)>,
 }
 
 impl<M> Default for Cache<M> {
     fn default() -> Self {
-        Self { models: HashMap::new(), clock: 0, default: None }
+        Self { models: HashMap::new(), clock: 0, default: None, default_seen: None }
     }
 }
 
@@ -80,6 +109,11 @@ impl<M: Clone> Cache<M> {
 /// Models kept in memory, the default one included.
 const MAX_LOADED: usize = 4;
 
+/// How long the default model is served without asking the database: a
+/// default changed by another process is picked up within this time, one
+/// changed by this process at once.
+const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
+
 impl Registry {
     pub fn new(
         db: Db,
@@ -87,8 +121,27 @@ impl Registry {
         device: candle_core::Device,
         limits: BatchLimits,
         pool: Arc<rayon::ThreadPool>,
+        default_changes: Arc<AtomicU64>,
     ) -> Self {
-        Self { db, artifacts, device, limits, pool, loaded: Default::default(), loading: Default::default() }
+        Self { db, artifacts, device, limits, pool, loaded: Default::default(), loading: Default::default(), default_changes }
+    }
+
+    /// Tells the registry that this process changed the default model.
+    pub fn default_changed(&self) {
+        self.default_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The default model from memory, if it was read from the database
+    /// recently and this process has not changed it since.
+    fn recent_default(&self) -> Option<Arc<LoadedModel>> {
+        let changes = self.default_changes.load(Ordering::Acquire);
+        let mut c = self.loaded.lock().ok()?;
+        let (seen, at_changes) = c.default_seen?;
+        if at_changes != changes || seen.elapsed() > DEFAULT_RECHECK {
+            return None;
+        }
+        let id = c.default.clone()?;
+        c.get(&id)
     }
 
     /// The CPU pool predictions (and their image decoding) run on.
@@ -98,11 +151,17 @@ impl Registry {
 
     /// The current default model, loading it if it changed.
     pub async fn default_model(&self) -> ApiResult<Arc<LoadedModel>> {
+        if let Some(m) = self.recent_default() {
+            return Ok(m);
+        }
+        let changes = self.default_changes.load(Ordering::Acquire);
+        let read_at = Instant::now();
         let row = self.db.default_model().await?.ok_or_else(|| {
             ApiError::unavailable("no_model", "no model has been published yet: train one with POST /v1/jobs")
         })?;
         if let Ok(mut c) = self.loaded.lock() {
             c.default = Some(row.id.clone());
+            c.default_seen = Some((read_at, changes));
         }
         self.get_or_load(row).await
     }
@@ -132,18 +191,12 @@ impl Registry {
         if let Some(m) = self.cached(&row.id) {
             return Ok(m);
         }
-        let lock = match self.loading.lock() {
-            Ok(mut l) => l.entry(row.id.clone()).or_default().clone(),
-            Err(_) => return Err(ApiError::internal("model registry lock poisoned")),
-        };
-        let _guard = lock.lock().await;
+        let _guard = self.loading.lock(&row.id).await?;
         if let Some(m) = self.cached(&row.id) {
             return Ok(m);
         }
         let loaded = self.load(&row).await;
-        if let Ok(mut l) = self.loading.lock() {
-            l.remove(&row.id);
-        }
+        self.loading.done(&row.id);
         loaded
     }
 
@@ -186,6 +239,21 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn loading_one_model_holds_up_no_other() {
+        let locks = LoadLocks::default();
+        let slow = locks.lock("slow").await.unwrap();
+        // Another model's load goes ahead while "slow" is still loading.
+        let other = tokio::time::timeout(std::time::Duration::from_secs(1), locks.lock("other")).await;
+        assert!(other.is_ok(), "loading one model blocked another");
+        // A second request for the model being loaded waits for that load.
+        let same = tokio::time::timeout(std::time::Duration::from_millis(200), locks.lock("slow")).await;
+        assert!(same.is_err(), "the same model was loaded twice at once");
+        drop(slow);
+        let after = tokio::time::timeout(std::time::Duration::from_secs(1), locks.lock("slow")).await;
+        assert!(after.is_ok(), "the lock was not released");
+    }
 
     #[test]
     fn the_default_model_is_never_evicted() {

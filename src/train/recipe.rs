@@ -26,7 +26,7 @@ use super::{Event, Metrics, Stage, TrainConfig, TrainError};
 use crate::data::dataset::{DatasetManifest, Rejected, Sample, Split};
 use crate::data::image::DecodeLimits;
 use crate::data::cache::{CacheError, PixelCache};
-use crate::data::loader::Images;
+use crate::data::loader::{self, Images};
 use crate::model::weights::WeightSet;
 use crate::model::{Backbone, Head, SeededInit, Variant, WeightSource};
 
@@ -167,15 +167,29 @@ fn extract(
 ) -> Result<(), TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
     let steps = idx.len().div_ceil(cfg.batch_size);
-    for (step, chunk) in idx.chunks(cfg.batch_size).enumerate() {
-        check_cancel(cancel)?;
-        if step >= out.finished {
-            let x = batch_of(images, chunk, cfg, aug, &bb.device)?;
-            out.write_batch(step, chunk[0], &bb.features(&x)?, step + 1 == steps)?;
-        }
+    for step in 0..out.finished.min(steps) {
         progress(step + 1, steps);
     }
-    Ok(())
+    let todo = idx.chunks(cfg.batch_size).enumerate().skip(out.finished);
+    let make = |(step, chunk): (usize, &[usize])| Ok((step, chunk[0], batch_of(images, chunk, cfg, aug, &bb.device)?));
+    loader::prefetch(todo, PREFETCH, make, |(step, first, x)| {
+        check_cancel(cancel)?;
+        out.write_batch(step, first, &bb.features_planar(x)?, step + 1 == steps)?;
+        progress(step + 1, steps);
+        Ok(())
+    })
+}
+
+/// Batches read ahead of the network (each holds batch x size^2 x 3 floats).
+const PREFETCH: usize = 2;
+
+/// A stage-2 step's random generator (dropout) and augmentation seed: they
+/// depend on the step's position only, so a resumed epoch draws exactly the
+/// same.
+fn step_rng(epoch_seed: u64, step: usize) -> (rand::rngs::StdRng, u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(epoch_seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let batch_seed = rand::Rng::gen(&mut rng);
+    (rng, batch_seed)
 }
 
 /// The network input for images `chunk`, augmented by `aug` (deterministic
@@ -205,11 +219,12 @@ fn head_logits_rows(head: &Head, feats: &FeatureRows, batch: usize, dev: &Device
 fn logits_of(bb: &Backbone, head: &Head, images: &Images, cfg: &TrainConfig, cancel: &AtomicBool) -> Result<Tensor, TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
     let mut parts = Vec::with_capacity(idx.len().div_ceil(cfg.batch_size));
-    for chunk in idx.chunks(cfg.batch_size) {
+    let make = |chunk: &[usize]| batch_of(images, chunk, cfg, None, &bb.device);
+    loader::prefetch(idx.chunks(cfg.batch_size), PREFETCH, make, |x| {
         check_cancel(cancel)?;
-        let x = batch_of(images, chunk, cfg, None, &bb.device)?;
-        parts.push(head_logits(head, &bb.features(&x)?)?);
-    }
+        parts.push(head_logits(head, &bb.features_planar(x)?)?);
+        Ok(())
+    })?;
     Ok(Tensor::cat(&parts, 0)?)
 }
 
@@ -470,12 +485,9 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         let resumed = inside.take().filter(|p| p.epoch == epoch);
         let skip = resumed.as_ref().map_or(0, |p| p.steps_done);
         let (mut loss_sum, mut correct) = resumed.map_or((0.0, 0usize), |p| (p.loss_sum, p.correct));
-        for (step, chunk) in order.chunks(cfg.batch_size).enumerate().skip(skip) {
-            check_cancel(cancel)?;
-            // Each batch's randomness (augmentation, dropout) depends on its
-            // position only, so a resumed epoch draws exactly the same.
-            let mut rng = rand::rngs::StdRng::seed_from_u64(epoch_seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let batch_seed: u64 = rand::Rng::gen(&mut rng);
+        // The next batches are read (and augmented) while this one trains.
+        let make = |(step, chunk)| {
+            let (_, batch_seed) = step_rng(epoch_seed, step);
             let x = match aug {
                 Some(a) => {
                     let f = |slot: usize, img: &[u8]| {
@@ -486,8 +498,14 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
                 }
                 None => train.batch(chunk, cfg.backbone.scaling(), dev, None)?,
             };
+            Ok::<_, TrainError>((step, chunk, x))
+        };
+        let batches = order.chunks(cfg.batch_size).enumerate().skip(skip);
+        loader::prefetch(batches, PREFETCH, make, |(step, chunk, x)| {
+            check_cancel(cancel)?;
+            let (mut rng, _) = step_rng(epoch_seed, step);
             let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
-            let (feats, tape) = bb.forward_train(&x)?;
+            let (feats, tape) = bb.forward_train_planar(x)?;
             let feats = feats.detach();
             let (logits, htape) = head.forward_train(&feats, &mut rng)?;
             let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
@@ -518,7 +536,8 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
                 checkpoint::save_partial(&spec.out_dir, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta, &progress)?;
                 last_partial = Instant::now();
             }
-        }
+            Ok(())
+        })?;
         let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
         let ev = evaluate(&logits_of(&bb, &head, &val, cfg, cancel)?, &val.labels, classes.len())?;
         finite(Stage::Finetune, epoch, &train_m, &ev.metrics, cfg.finetune_lr)?;
