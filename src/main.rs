@@ -9,6 +9,9 @@ static ALLOC: tuneserve::alloc::CachingAlloc = tuneserve::alloc::CachingAlloc::n
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or JSON (filter: RUST_LOG, or its alias TUNESERVE_LOG; default info).
+    #[arg(long, global = true, env = "TUNESERVE_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: tuneserve::cli::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -32,15 +35,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let command = Cli::parse().command;
-    // `serve` and `worker` set up its own logging (it has a JSON option).
-    if !matches!(command, Command::Serve(_) | Command::Worker(_)) {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    match command {
+    let cli = Cli::parse();
+    tuneserve::cli::logging::init(cli.log_format);
+    match cli.command {
         Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
         Command::Worker(a) => Ok(tuneserve::cli::worker::run(a)?),
         Command::Train(a) => tuneserve::cli::train::run(a),

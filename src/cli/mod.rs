@@ -4,6 +4,7 @@ pub mod bench;
 pub mod device;
 pub mod embed;
 pub mod loadtest;
+pub mod logging;
 pub mod predict;
 pub mod serve;
 pub mod train;

@@ -6,22 +6,10 @@ use crate::config::ServeConfig;
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ServeConfig,
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "TUNESERVE_LOG_JSON")]
-    pub log_json: bool,
-}
-
-pub fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TUNESERVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (tests start several servers) is harmless.
-    let _ = if json { b.json().try_init() } else { b.try_init() };
 }
 
 /// Runs the service on its own Tokio runtime until a signal stops it.
 pub fn run(args: ServeArgs) -> Result<(), crate::api::ServeError> {
-    init_tracing(args.log_json);
     tokio::runtime::Runtime::new()?.block_on(serve(args))
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::serve::{init_tracing, shutdown_signal};
+use crate::cli::serve::shutdown_signal;
 use crate::config::ServeConfig;
 use crate::error::ServeError;
 use crate::jobs::JobContext;
@@ -20,13 +20,9 @@ pub struct WorkerArgs {
     /// TUNESERVE_WORKERS jobs at once, ...); the listening address is unused.
     #[command(flatten)]
     pub config: ServeConfig,
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "TUNESERVE_LOG_JSON")]
-    pub log_json: bool,
 }
 
 pub fn run(args: WorkerArgs) -> Result<(), ServeError> {
-    init_tracing(args.log_json);
     tokio::runtime::Runtime::new()?.block_on(async {
         let token = CancellationToken::new();
         let t = token.clone();

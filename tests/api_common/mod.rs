@@ -75,7 +75,7 @@ impl TestServer {
     pub async fn start_on(dir: TempDir, database_url: String, cfg: ServeConfig) -> Self {
         // Server logs only on request: they would drown the test report.
         if std::env::var_os("TUNESERVE_TEST_LOG").is_some() {
-            tuneserve::cli::serve::init_tracing(false);
+            tuneserve::cli::logging::init(tuneserve::cli::logging::LogFormat::Text);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
