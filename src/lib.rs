@@ -5,7 +5,8 @@
 //! - `model`: backbones (Xception, MobileNetV2), heads, weight import.
 //! - `data`: image decoding/preprocessing, datasets.
 //! - `train`: the two-stage recipe, optimiser, loss, checkpoints.
-//! - `store`, `jobs`, `serve`, `api`: the service; `compute`: its CPU thread pools.
+//! - `store`, `jobs`, `serve`, `api`: the service; `compute`: its CPU thread pools;
+//!   `telemetry`: its Prometheus metrics.
 
 pub mod alloc;
 pub mod api;
@@ -19,4 +20,5 @@ pub mod model;
 pub mod ops;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod train;

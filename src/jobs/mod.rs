@@ -228,11 +228,9 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                     warn!(error = %e, "could not store progress");
                 }
             }
-            Event::Epoch { stage, epoch, epochs, train, validation, seconds } => {
+            Event::Epoch { stage, epoch, epochs, train, validation, .. } => {
                 info!(stage = %stage_str(*stage), epoch, loss = validation.loss, accuracy = validation.accuracy, "epoch done");
-                if *seconds > 0.0 {
-                    metrics::gauge!("tuneserve_train_images_per_second").set(train_images as f64 / seconds);
-                }
+                metrics::counter!("tuneserve_train_images_total", "stage" => stage_str(*stage)).increment(train_images as u64);
                 let r = rt.block_on(ctx.db.set_job_metrics(&job.id, &stage_str(*stage), *epoch as i64,
                     *epochs as i64, &json!(train).to_string(), &json!(validation).to_string()));
                 if let Err(e) = r {

@@ -28,6 +28,7 @@ pub struct BatchLimits {
 
 struct Work {
     images: Vec<RgbImage>,
+    queued: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
 }
@@ -76,8 +77,9 @@ impl Batcher {
         // From here the prediction thread releases the room.
         room.held = false;
         let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.timeout;
-        if self.tx.send(Work { images, deadline, reply }).is_err() {
+        let queued = Instant::now();
+        let deadline = queued + self.timeout;
+        if self.tx.send(Work { images, queued, deadline, reply }).is_err() {
             release(&self.depth, n);
             return Err(ApiError::unavailable("model_unavailable", "the model's prediction thread has stopped"));
         }
@@ -192,6 +194,9 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
         }
         let n: usize = batch.iter().map(|w| w.images.len()).sum();
         let started = Instant::now();
+        for w in &batch {
+            metrics::histogram!("tuneserve_predict_queue_wait_seconds").record((started - w.queued).as_secs_f64());
+        }
         let counts: Vec<usize> = batch.iter().map(|w| w.images.len()).collect();
         let images: Vec<RgbImage> = batch.iter_mut().flat_map(|w| std::mem::take(&mut w.images)).collect();
         // One request larger than max_batch runs in max_batch-sized chunks.
@@ -215,9 +220,6 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
         metrics::histogram!("tuneserve_predict_batch_size").record(n as f64);
         metrics::histogram!("tuneserve_predict_batch_seconds").record(secs);
         metrics::counter!("tuneserve_predict_images_total").increment(n as u64);
-        if secs > 0.0 {
-            metrics::gauge!("tuneserve_predict_images_per_second").set(n as f64 / secs);
-        }
         match result {
             Ok(mut all) => {
                 // Hand out from the back so split_off leaves the earlier requests' share.

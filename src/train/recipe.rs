@@ -174,7 +174,9 @@ fn extract(
     let make = |(step, chunk): (usize, &[usize])| Ok((step, chunk[0], batch_of(images, chunk, cfg, aug, &bb.device)?));
     loader::prefetch(todo, PREFETCH, make, |(step, first, x)| {
         check_cancel(cancel)?;
+        let t = Instant::now();
         out.write_batch(step, first, &bb.features_planar(x)?, step + 1 == steps)?;
+        metrics::histogram!("tuneserve_train_step_seconds", "stage" => "features").record(t.elapsed().as_secs_f64());
         progress(step + 1, steps);
         Ok(())
     })
@@ -503,6 +505,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         let batches = order.chunks(cfg.batch_size).enumerate().skip(skip);
         loader::prefetch(batches, PREFETCH, make, |(step, chunk, x)| {
             check_cancel(cancel)?;
+            let step_started = Instant::now();
             let (mut rng, _) = step_rng(epoch_seed, step);
             let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
             let (feats, tape) = bb.forward_train_planar(x)?;
@@ -521,6 +524,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             opt.update(updates)?;
             loss_sum += l * chunk.len() as f64;
             correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            metrics::histogram!("tuneserve_train_step_seconds", "stage" => "finetune").record(step_started.elapsed().as_secs_f64());
             if (step + 1) % progress_every == 0 || step + 1 == steps {
                 // This epoch's pace (from where it started or resumed), for all
                 // steps left in the stage.
