@@ -75,10 +75,8 @@ RUN apt-get update \
 COPY --from=builder-cuda /out/tuneserve /usr/local/bin/tuneserve
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/docker-healthcheck.sh
-COPY static /usr/local/share/tuneserve/static
 ENV TUNESERVE_BIND=0.0.0.0:8080 \
     TUNESERVE_DATA_DIR=/data \
-    TUNESERVE_STATIC_DIR=/usr/local/share/tuneserve/static \
     TUNESERVE_LOG=info \
     TUNESERVE_DEVICE=cuda \
     NVIDIA_VISIBLE_DEVICES=all \
@@ -107,10 +105,8 @@ RUN apt-get update \
 COPY --from=builder /out/tuneserve /usr/local/bin/tuneserve
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/docker-healthcheck.sh
-COPY static /usr/local/share/tuneserve/static
 ENV TUNESERVE_BIND=0.0.0.0:8080 \
     TUNESERVE_DATA_DIR=/data \
-    TUNESERVE_STATIC_DIR=/usr/local/share/tuneserve/static \
     TUNESERVE_LOG=info \
     TUNESERVE_DEVICE=cpu
 VOLUME ["/data"]

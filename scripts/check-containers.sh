@@ -89,13 +89,10 @@ echo "  lint ok"
 step "(b) compose: $(docker-compose version --short 2>/dev/null || echo docker-compose) config, all profiles"
 mkdir -p "$work"
 resolved="$work/compose.resolved.yml"
-# A throwaway API key: the file refuses to start without one.
-TUNESERVE_API_KEY=check-containers docker-compose --project-directory "$repo" -f docker-compose.yml \
+# As README says: no .env, no key (the first start generates one).
+env -u TUNESERVE_API_KEY docker-compose --project-directory "$repo" -f docker-compose.yml \
   --profile gpu --profile worker config >"$resolved" 2>"$work/compose.err" \
-  || fail "docker-compose config rejected docker-compose.yml: $(cat "$work/compose.err")"
-if env -u TUNESERVE_API_KEY docker-compose --project-directory "$repo" -f docker-compose.yml config -q 2>/dev/null; then
-  fail "docker-compose.yml starts without TUNESERVE_API_KEY"
-fi
+  || fail "docker-compose config rejected docker-compose.yml without a .env: $(cat "$work/compose.err")"
 "$py" scripts/container_check.py compose "$resolved" || fail "compose rules"
 echo "  compose ok"
 
@@ -237,15 +234,26 @@ echo "  /ready: $ready (informational)"
 if [ -f "$h5" ] && [[ "$ready" == *'"pretrained_weights":false'* ]]; then
   fail "the server does not find the imported weights (TUNESERVE_WEIGHTS not passed on?)"
 fi
-if [ -n "${image_env[TUNESERVE_STATIC_DIR]:-}" ]; then
-  page="$(http_get /)"
-  [[ "$page" == 200* ]] && [[ "$page" == *"<html"* || "$page" == *"<!doctype"* || "$page" == *"<!DOCTYPE"* ]] \
-    || fail "GET / does not serve the web page from TUNESERVE_STATIC_DIR (got: ${page:0:120})"
-  echo "  GET / serves the web page from ${image_env[TUNESERVE_STATIC_DIR]}"
-fi
+page="$(http_get /)"
+[[ "$page" == 200* ]] && [[ "$page" == *"<html"* || "$page" == *"<!doctype"* || "$page" == *"<!DOCTYPE"* ]] \
+  || fail "GET / does not serve the built-in web page (got: ${page:0:120})"
+echo "  GET / serves the built-in web page"
 if [ -f "$h5" ]; then
   ls "$data_dir"/weights/mounted-*.safetensors >/dev/null 2>&1 || fail "the mounted .h5 was not imported into the data dir"
 fi
+# No key was given: the entrypoint generated one, logged it once, and the server needs it.
+keyfile="$data_dir/api-key"
+[ -s "$keyfile" ] && [ "$(stat -c %a "$keyfile")" = 600 ] || fail "no generated API key in $keyfile (mode 600)"
+key="$(cat "$keyfile")"
+grep -q "generated an API key.*$key" "$work/start1.log" || fail "the generated key was not logged"
+[[ "$(http_get /v1/datasets)" == 401* ]] || fail "/v1/datasets answered without the generated key"
+"$py" - "http://127.0.0.1:$port/v1/datasets" "$key" <<'PY' || fail "/v1/datasets refused the generated key"
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+with urllib.request.urlopen(req, timeout=10) as r:
+    assert r.status == 200, r.status
+PY
+echo "  no key given: one generated into the data dir (600), logged once, required on /v1"
 stop "$work/start1.log"
 echo "  stopped cleanly on SIGTERM"
 
@@ -257,6 +265,8 @@ if [ -f "$h5" ]; then
   grep -q "already imported" "$work/start2.log" || fail "the restart imported the weights again (log: $work/start2.log)"
   reused=", weights reused"
 fi
+grep -q "generated an API key" "$work/start2.log" && fail "the restart generated (or printed) the key again"
+[ "$(cat "$keyfile")" = "$key" ] || fail "the restart changed the generated key"
 stop "$work/start2.log"
 echo "  restart on the same data dir: healthy after $((SECONDS - t0))s$reused"
 

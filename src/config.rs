@@ -182,9 +182,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TUNESERVE_SHUTDOWN_GRACE_SECS", default_value_t = 300)]
     pub shutdown_grace_secs: u64,
 
-    /// Directory of the web page (index.html, app.js, app.css), served at `/`.
-    #[arg(long, env = "TUNESERVE_STATIC_DIR", default_value = "static")]
-    pub static_dir: PathBuf,
+    /// Serve the web page from this folder instead of the copy built into
+    /// the binary (for working on the page).
+    #[arg(long, env = "TUNESERVE_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 }
 
 impl ServeConfig {

@@ -7,10 +7,11 @@ mod guard;
 mod jobs;
 mod models;
 mod ops;
+mod page;
 mod predict;
 pub mod types;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -19,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use axum::handler::HandlerWithoutStateExt;
@@ -55,20 +56,6 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 
-/// The process-wide Prometheus recorder (one per process, however many
-/// servers a test starts).
-fn metrics_handle() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
-                None
-            }
-        })
-        .clone()
-}
 
 /// Runs the service on `listener` until `shutdown` is cancelled, then stops
 /// taking requests, lets a running job reach its next checkpoint (bounded by
@@ -114,7 +101,7 @@ pub async fn serve_with(
         artifacts: artifacts.clone(),
         jobs_queued: Arc::new(Notify::new()),
         job_events: Arc::new(Notify::new()),
-        metrics: metrics_handle(),
+        metrics: crate::telemetry::recorder(),
         shutdown: token.clone(),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads as usize)),
     });
@@ -184,20 +171,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/predict", post(predict::predict).layer(predict_limit));
 
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let app = Router::new()
         .nest("/v1", v1)
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .route("/docs", get(ops::docs))
-        // The web page; whatever it does not hold is the API's JSON 404.
-        .fallback_service(
-            ServeDir::new(&cfg.static_dir)
-                .call_fallback_on_method_not_allowed(true)
-                .fallback(not_found.into_service()),
-        )
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/docs", get(ops::docs));
+    // The web page; whatever it does not hold is the API's JSON 404.
+    let app = match &cfg.static_dir {
+        Some(dir) => app.fallback_service(
+            ServeDir::new(dir).call_fallback_on_method_not_allowed(true).fallback(not_found.into_service()),
+        ),
+        None => app.fallback(page::serve),
+    };
+    app.method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(cors(state.access.cors_origins()))
         .layer(middleware::from_fn(record_metrics))
@@ -211,11 +199,11 @@ pub fn router(state: SharedState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route; see /openapi.json")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
