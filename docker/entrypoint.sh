@@ -18,6 +18,9 @@
 #                                              later starts find the cache and download nothing.
 #   TUNESERVE_WEIGHTS_URL=URL                  fetch from a mirror instead (same checksum).
 #   TUNESERVE_FETCH_WEIGHTS=0                  skip the fetch: only `tiny` jobs can run.
+# API key (serve only): with no TUNESERVE_API_KEY / TUNESERVE_API_KEY_FILE (and no
+# TUNESERVE_ALLOW_UNAUTHENTICATED=true), the first start generates a random key into
+# $TUNESERVE_DATA_DIR/api-key (mode 600), prints it once, and every start uses that file.
 # TUNESERVE_INSTANCE defaults to the container's hostname (see below).
 set -euo pipefail
 
@@ -112,6 +115,21 @@ prepare_weights() {
   with_lock fetch_pretrained
 }
 
+# The image listens on 0.0.0.0, where tuneserve refuses to run without a key.
+ensure_api_key() {
+  [ -n "${TUNESERVE_API_KEY:-}" ] && return
+  unset TUNESERVE_API_KEY
+  [ -n "${TUNESERVE_API_KEY_FILE:-}" ] && return
+  case "${TUNESERVE_ALLOW_UNAUTHENTICATED:-}" in true | 1 | yes | on) return ;; esac
+  local file="$data_dir/api-key"
+  if [ ! -s "$file" ]; then
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file.part" && mv -f "$file.part" "$file")
+    log "generated an API key (kept in $file; shown only now): $(cat "$file")"
+    log "use it as: curl -H \"Authorization: Bearer <key>\" ...   (read it again: cat $file in the container)"
+  fi
+  export TUNESERVE_API_KEY_FILE="$file"
+}
+
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
   set -- serve "$@"
 fi
@@ -125,6 +143,7 @@ case "$1" in
     # requeues the running jobs claimed under its own name. The container's
     # hostname is unique, and kept across restarts of the same container.
     export TUNESERVE_INSTANCE="${TUNESERVE_INSTANCE:-${HOSTNAME:-$(uname -n)}}"
+    [ "$1" = worker ] || ensure_api_key
     ;;
 esac
 
