@@ -795,11 +795,11 @@ function init() {
     }
     refreshJobs();
     loadModels();
-    // Pick up the newest job that is still going.
+    // Open on the newest job that is still going, else the last one that ended.
     try {
-      const list = await api.get('/v1/jobs?limit=5');
-      const running = list.data.find((j) => !TERMINAL.has(j.status));
-      if (running && !live.job) watchJob(running);
+      const list = await api.get('/v1/jobs?limit=20');
+      const pick = list.data.find((j) => !TERMINAL.has(j.status)) || list.data[0];
+      if (pick && !live.job) watchJob(pick);
     } catch { /* shown by the jobs list */ }
   };
   // A key entered by hand: load again what the page could not read without it.

@@ -278,3 +278,98 @@ async fn graceful_shutdown_checkpoints_then_resumes() {
     let statuses: Vec<_> = ev["data"].as_array().unwrap().iter().filter(|e| e["type"] == "status").map(|e| e["data"]["status"].clone()).collect();
     assert_eq!(statuses, [json!("queued"), json!("running"), json!("queued"), json!("running"), json!("succeeded")]);
 }
+
+/// /metrics passes `promtool check metrics`; every metric has HELP text,
+/// latency histograms have explicit buckets, throughput is counted (no
+/// images-per-second gauges).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_pass_promtool() {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let srv = TestServer::start(Db::Sqlite).await;
+    let ds = srv.good_dataset().await;
+    let job = srv.create_tiny_job(&ds, 1, 1).await;
+    assert_eq!(srv.wait_job(&job, Duration::from_secs(300)).await["status"], "succeeded");
+    let (s, v) = srv.post_bytes("/v1/predict", "image/png", image_bytes(true, 1, false)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let m = srv.client.get(srv.url("/metrics")).send().await.unwrap().text().await.unwrap();
+
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{promtool} not found ({e}): install the Debian package prometheus"));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{m}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let typed: Vec<&str> = m.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    for name in &typed {
+        assert!(m.contains(&format!("# HELP {name} ")), "{name} has no HELP line\n{m}");
+    }
+    for hist in [
+        "tuneserve_http_request_duration_seconds",
+        "tuneserve_predict_batch_size",
+        "tuneserve_predict_batch_seconds",
+        "tuneserve_predict_queue_wait_seconds",
+        "tuneserve_train_step_seconds",
+        "tuneserve_job_seconds",
+    ] {
+        assert!(m.contains(&format!("# TYPE {hist} histogram")), "{hist} is not a histogram\n{m}");
+        assert!(m.contains(&format!("{hist}_bucket{{")), "{hist} has no buckets\n{m}");
+    }
+    for counter in ["tuneserve_predict_images_total", "tuneserve_train_images_total"] {
+        assert!(m.contains(&format!("# TYPE {counter} counter")), "{counter}\n{m}");
+    }
+    assert!(!m.contains("per_second"), "throughput must be counters, not gauges\n{m}");
+}
+
+/// The page is built into the binary: served from any working directory,
+/// with an ETag that turns a revalidation into 304.
+#[tokio::test]
+async fn page_is_built_in_with_etags() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tuneserve"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", "data"])
+            .current_dir(elsewhere.path())
+            .env_remove("TUNESERVE_STATIC_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let t0 = std::time::Instant::now();
+    let r = loop {
+        if let Ok(r) = c.get(format!("{base}/")).send().await {
+            break r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let etag = r.headers().get("etag").expect("an ETag").clone();
+    assert!(r.text().await.unwrap().contains("app.js"));
+    for (path, kind) in [("/app.js", "javascript"), ("/app.css", "text/css")] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().contains(kind), "{path}: {:?}", r.headers());
+    }
+    let r = c.get(format!("{base}/")).header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let got = json_of(c.get(format!("{base}/nothing-here.js")).send().await.unwrap()).await;
+    assert_error(&got, 404, "route_not_found");
+    let got = json_of(c.post(format!("{base}/app.js")).send().await.unwrap()).await;
+    assert_error(&got, 405, "method_not_allowed");
+}

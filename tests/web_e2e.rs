@@ -204,7 +204,6 @@ async fn set_value(c: &Client, css: &str, value: &str) {
 async fn start_server(api_key: Option<&str>) -> TestServer {
     let key = api_key.map(str::to_string);
     TestServer::start_with(Db::Sqlite, move |cfg| {
-        cfg.static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
         cfg.api_key = key;
     })
     .await
@@ -310,6 +309,21 @@ async fn page_trains_and_predicts_in_a_real_browser() {
         .await;
         save_screenshot(&c, "training").await;
 
+        // A fresh load opens on this job (running, or just finished: the tiny
+        // job is quick), live; the idle upload panel shows no progress bar.
+        let job_id = js_string(&c, "document.querySelector('#live-id').textContent").await;
+        c.refresh().await.unwrap();
+        wait_for(
+            &c,
+            &format!("document.body.dataset.ready === 'true' && !document.querySelector('#live-body').hidden \
+                      && document.querySelector('#live-id').textContent === '{job_id}'"),
+            Duration::from_secs(30),
+            "the job on a fresh load",
+        )
+        .await;
+        let upload_row = js_string(&c, "getComputedStyle(document.querySelector('#upload-row')).display").await;
+        assert_eq!(upload_row, "none", "an idle upload panel shows an upload bar");
+
         wait_for(
             &c,
             "['succeeded','failed','cancelled'].includes(document.querySelector('#live-status').textContent)",
@@ -387,6 +401,16 @@ async fn page_trains_and_predicts_in_a_real_browser() {
             .unwrap();
         assert_eq!(label, api["predictions"][0]["label"], "page and API agree");
         assert_eq!(label, json!("red_h"), "the trained model recognises red horizontal bars (result: {result})");
+
+        // A fresh load with nothing running opens on the last finished job.
+        c.refresh().await.unwrap();
+        wait_for(
+            &c,
+            "document.querySelector('#live-status').textContent === 'succeeded' && !document.querySelector('#live-body').hidden",
+            Duration::from_secs(30),
+            "the finished job on a fresh load",
+        )
+        .await;
 
         // Readable at 360 px: nothing wider than the viewport.
         c.set_window_size(360, 1400).await.unwrap();
