@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::device::{pick_device, DeviceArg};
+use crate::device::{pick_device, DeviceArg};
 use crate::data::image::DecodeLimits;
 use crate::model::weights::fetch;
 

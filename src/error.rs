@@ -154,6 +154,22 @@ impl From<crate::store::ArtifactError> for ApiError {
     }
 }
 
+impl From<crate::serve::PredictError> for ApiError {
+    fn from(e: crate::serve::PredictError) -> Self {
+        use crate::serve::PredictError as E;
+        let msg = e.to_string();
+        match e {
+            E::QueueFull(_) => Self::too_many_requests("queue_full", msg, 1),
+            E::Deadline(_) => Self { retry_after: Some(1), ..Self::unavailable("deadline_exceeded", msg) },
+            E::NoModel => Self::unavailable("no_model", msg),
+            E::ModelNotFound(_) => Self::not_found("model_not_found", msg),
+            E::ModelUnavailable(_) => Self::unavailable("model_unavailable", msg),
+            E::Db(e) => e.into(),
+            E::Internal(_) => Self::internal(msg),
+        }
+    }
+}
+
 impl From<crate::data::ingest::IngestError> for ApiError {
     fn from(e: crate::data::ingest::IngestError) -> Self {
         use crate::data::ingest::IngestError as E;

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod jobs;
 pub mod model;

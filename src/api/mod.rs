@@ -125,7 +125,7 @@ pub async fn serve_with(
     let warm = state.clone();
     tokio::spawn(async move {
         if let Err(e) = warm.registry.default_model().await {
-            if e.code != "no_model" {
+            if !matches!(e, crate::serve::PredictError::NoModel) {
                 tracing::warn!(error = %e, "default model not loaded at start");
             }
         }

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use rand::SeedableRng;
 
-use super::device::{pick_device, DeviceArg};
+use crate::device::{pick_device, DeviceArg};
 use crate::model::weights::WeightSet;
 use crate::model::{profile, Backbone, BackboneKind, Head, SeededInit, Variant, WeightSource};
 use crate::train::{adam::Adam, loss};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::device::{pick_device, DeviceArg};
+use crate::device::{pick_device, DeviceArg};
 use crate::data::image::{load_path_for_model, to_tensor_data, DecodeLimits};
 use crate::model::weights::WeightSet;
 use crate::model::{Backbone, BackboneKind, Variant};

@@ -1,7 +1,6 @@
 //! Command-line entry points; each subcommand is a thin layer over the library.
 
 pub mod bench;
-pub mod device;
 pub mod embed;
 pub mod loadtest;
 pub mod logging;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use super::device::{pick_device, DeviceArg};
+use crate::device::{pick_device, DeviceArg};
 use crate::data::image::{decode, DecodeLimits};
 use crate::serve::{Prediction, Predictor};
 

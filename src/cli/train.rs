@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::device::{pick_device, DeviceArg};
+use crate::device::{pick_device, DeviceArg};
 use crate::data::dataset::DatasetManifest;
 use crate::model::{BackboneKind, Variant};
 use crate::train::{self, Event, RunSpec, Stage, TrainConfig, WeightsChoice};
@@ -118,7 +118,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ),
     };
     let device = pick_device(args.device)?;
-    tracing::info!(device = %super::device::describe(&device), "training device");
+    tracing::info!(device = %crate::device::describe(&device), "training device");
     let spec = RunSpec {
         config: args.config(),
         dataset_root: root,

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::predictor::{Prediction, Predictor};
 use crate::data::image::RgbImage;
-use crate::error::ApiError;
+use super::PredictError;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -57,22 +57,18 @@ impl Batcher {
     /// Reserves queue room for `n` images, or 429 when the queue is full.
     /// Callers reserve before decoding, so that an overloaded server refuses
     /// work before spending CPU on it.
-    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, ApiError> {
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, PredictError> {
         Reservation::take(&self.depth, self.max_queue, n).ok_or_else(|| {
             metrics::counter!("tuneserve_predict_rejected_total").increment(1);
-            ApiError::too_many_requests(
-                "queue_full",
-                format!("the prediction queue is full ({} images waiting at most); retry shortly", self.max_queue),
-                1,
-            )
+            PredictError::QueueFull(self.max_queue)
         })
     }
 
     /// Queues `images` (for which `room` was reserved) and waits for their predictions.
-    pub async fn predict(&self, mut room: Reservation<'_>, images: Vec<RgbImage>) -> Result<Vec<Prediction>, ApiError> {
+    pub async fn predict(&self, mut room: Reservation<'_>, images: Vec<RgbImage>) -> Result<Vec<Prediction>, PredictError> {
         let n = room.n;
         if images.len() != n {
-            return Err(ApiError::internal(format!("{} images for a reservation of {n}", images.len())));
+            return Err(PredictError::Internal(format!("{} images for a reservation of {n}", images.len())));
         }
         // From here the prediction thread releases the room.
         room.held = false;
@@ -81,15 +77,15 @@ impl Batcher {
         let deadline = queued + self.timeout;
         if self.tx.send(Work { images, queued, deadline, reply }).is_err() {
             release(&self.depth, n);
-            return Err(ApiError::unavailable("model_unavailable", "the model's prediction thread has stopped"));
+            return Err(PredictError::ModelUnavailable("the model's prediction thread has stopped".into()));
         }
         // If the client goes away, this future is dropped with `rx`, and the
         // batcher skips the work.
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(Ok(p))) => Ok(p),
             Ok(Ok(Err(e))) if e == DEADLINE => Err(deadline_exceeded(self.timeout)),
-            Ok(Ok(Err(e))) => Err(ApiError::internal(format!("prediction failed: {e}"))),
-            Ok(Err(_)) => Err(ApiError::internal("the prediction thread dropped the request")),
+            Ok(Ok(Err(e))) => Err(PredictError::Internal(format!("prediction failed: {e}"))),
+            Ok(Err(_)) => Err(PredictError::Internal("the prediction thread dropped the request".into())),
             Err(_) => Err(deadline_exceeded(self.timeout)),
         }
     }
@@ -129,15 +125,9 @@ impl Drop for Reservation<'_> {
 
 const DEADLINE: &str = "deadline";
 
-fn deadline_exceeded(timeout: Duration) -> ApiError {
+fn deadline_exceeded(timeout: Duration) -> PredictError {
     metrics::counter!("tuneserve_predict_dropped_total", "reason" => "deadline").increment(1);
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::unavailable(
-            "deadline_exceeded",
-            format!("the prediction did not finish within {} ms; the server is overloaded, retry shortly", timeout.as_millis()),
-        )
-    }
+    PredictError::Deadline(timeout.as_millis())
 }
 
 /// Whether the work is still wanted; if not, it is answered (deadline) or

@@ -3,7 +3,9 @@
 //! loaded model.
 
 pub mod batcher;
+pub mod error;
 pub mod predictor;
 pub mod registry;
 
+pub use error::PredictError;
 pub use predictor::{Prediction, Predictor};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::batcher::{BatchLimits, Batcher};
 use super::predictor::Predictor;
-use crate::error::{ApiError, ApiResult};
+use super::PredictError;
 use crate::store::db::ModelRow;
 use crate::store::{ArtifactStore, Db};
 
@@ -43,10 +43,10 @@ pub struct Registry {
 struct LoadLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
 impl LoadLocks {
-    async fn lock(&self, id: &str) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+    async fn lock(&self, id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, PredictError> {
         let lock = match self.0.lock() {
             Ok(mut l) => l.entry(id.to_string()).or_default().clone(),
-            Err(_) => return Err(ApiError::internal("model registry lock poisoned")),
+            Err(_) => return Err(PredictError::Internal("model registry lock poisoned".into())),
         };
         Ok(lock.lock_owned().await)
     }
@@ -150,15 +150,13 @@ impl Registry {
     }
 
     /// The current default model, loading it if it changed.
-    pub async fn default_model(&self) -> ApiResult<Arc<LoadedModel>> {
+    pub async fn default_model(&self) -> Result<Arc<LoadedModel>, PredictError> {
         if let Some(m) = self.recent_default() {
             return Ok(m);
         }
         let changes = self.default_changes.load(Ordering::Acquire);
         let read_at = Instant::now();
-        let row = self.db.default_model().await?.ok_or_else(|| {
-            ApiError::unavailable("no_model", "no model has been published yet: train one with POST /v1/jobs")
-        })?;
+        let row = self.db.default_model().await?.ok_or(PredictError::NoModel)?;
         if let Ok(mut c) = self.loaded.lock() {
             c.default = Some(row.id.clone());
             c.default_seen = Some((read_at, changes));
@@ -166,17 +164,17 @@ impl Registry {
         self.get_or_load(row).await
     }
 
-    pub async fn model(&self, id: &str) -> ApiResult<Arc<LoadedModel>> {
+    pub async fn model(&self, id: &str) -> Result<Arc<LoadedModel>, PredictError> {
         let row = self
             .db
             .get_model(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("model_not_found", format!("no model with id {id}")))?;
+            .ok_or_else(|| PredictError::ModelNotFound(id.to_string()))?;
         self.get_or_load(row).await
     }
 
     /// Whether the default model (if any) is in memory.
-    pub async fn default_loaded(&self) -> ApiResult<bool> {
+    pub async fn default_loaded(&self) -> Result<bool, PredictError> {
         Ok(match self.db.default_model().await? {
             Some(row) => self.cached(&row.id).is_some(),
             None => true,
@@ -187,7 +185,7 @@ impl Registry {
         self.loaded.lock().ok().and_then(|mut c| c.get(id))
     }
 
-    async fn get_or_load(&self, row: ModelRow) -> ApiResult<Arc<LoadedModel>> {
+    async fn get_or_load(&self, row: ModelRow) -> Result<Arc<LoadedModel>, PredictError> {
         if let Some(m) = self.cached(&row.id) {
             return Ok(m);
         }
@@ -200,23 +198,24 @@ impl Registry {
         loaded
     }
 
-    async fn load(&self, row: &ModelRow) -> ApiResult<Arc<LoadedModel>> {
+    async fn load(&self, row: &ModelRow) -> Result<Arc<LoadedModel>, PredictError> {
         let dir = self.checkpoint_dir(row).await?;
         let device = self.device.clone();
         let limits = self.limits;
         let pool = self.pool.clone();
         let id = row.id.clone();
         let started = std::time::Instant::now();
-        let model = tokio::task::spawn_blocking(move || -> ApiResult<LoadedModel> {
-            let predictor = Predictor::load(&dir, &device).map_err(|e| {
-                ApiError::unavailable("model_unavailable", format!("model {id} could not be loaded: {e}"))
-            })?;
+        let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel, PredictError> {
+            let predictor = Predictor::load(&dir, &device)
+                .map_err(|e| PredictError::ModelUnavailable(format!("model {id} could not be loaded: {e}")))?;
             let classes = predictor.classes().to_vec();
             let image_size = predictor.image_size();
-            let batcher = Batcher::start(&id, predictor, limits, pool)?;
+            let batcher = Batcher::start(&id, predictor, limits, pool)
+                .map_err(|e| PredictError::Internal(format!("could not start the prediction thread: {e}")))?;
             Ok(LoadedModel { id, classes, image_size, batcher })
         })
-        .await??;
+        .await
+        .map_err(|e| PredictError::Internal(format!("loading the model failed: {e}")))??;
         tracing::info!(model_id = %row.id, seconds = started.elapsed().as_secs_f64(), "model loaded");
         let model = Arc::new(model);
         if let Ok(mut c) = self.loaded.lock() {
@@ -225,13 +224,15 @@ impl Registry {
         Ok(model)
     }
 
-    async fn checkpoint_dir(&self, row: &ModelRow) -> ApiResult<PathBuf> {
-        let ck = self.db.get_checkpoint(&row.checkpoint_id).await?.ok_or_else(|| {
-            ApiError::unavailable("model_unavailable", format!("model {} lost its checkpoint", row.id))
-        })?;
+    async fn checkpoint_dir(&self, row: &ModelRow) -> Result<PathBuf, PredictError> {
+        let ck = self
+            .db
+            .get_checkpoint(&row.checkpoint_id)
+            .await?
+            .ok_or_else(|| PredictError::ModelUnavailable(format!("model {} lost its checkpoint", row.id)))?;
         // Trained by another process perhaps: fetched from the shared store.
         self.artifacts.fetch_checkpoint(&ck.job_id, &ck.name).await.map_err(|e| {
-            ApiError::unavailable("model_unavailable", format!("model {} could not be fetched: {e}", row.id))
+            PredictError::ModelUnavailable(format!("model {} could not be fetched: {e}", row.id))
         })
     }
 }
