@@ -501,6 +501,10 @@ function watchJob(job) {
   on('message', (d) => {
     if (d.text) $('#live-stage').title = d.text;
   });
+  // Stage 1's model is published as its checkpoint lands: list it for predictions.
+  on('checkpoint', (d) => {
+    if (d.stage === 'frozen') setTimeout(() => loadModels(), 500);
+  });
   src.addEventListener('error', () => {
     if (live.source !== src || src.readyState === EventSource.CLOSED) {
       if (live.source === src && !TERMINAL.has($('#live-body').dataset.status)) {
@@ -709,15 +713,20 @@ async function cancelJob(id, button) {
 
 // ---------------------------------------------------------------- predict
 
+// Model id -> its listing, to say which model answered.
+const knownModels = new Map();
+
 async function loadModels(selectId) {
   try {
     const list = await api.get('/v1/models?limit=100');
+    knownModels.clear();
+    for (const m of list.data) knownModels.set(m.id, m);
     const sel = $('#model-select');
     const keep = selectId || sel.value;
     sel.replaceChildren(el('option', { value: '', text: list.data.length ? '(the default model)' : '(no model yet: train one)' }));
     for (const m of list.data) {
       sel.append(el('option', { value: m.id,
-        text: `${m.backbone} ${m.variant} — ${m.classes.join(', ')} — val. acc. ${pct(m.validation_metrics.accuracy)}${m.is_default ? ' (default)' : ''} (${shortId(m.id)})` }));
+        text: `${m.backbone} ${m.variant} — ${m.classes.join(', ')} — val. acc. ${pct(m.validation_metrics.accuracy)}${m.stage === 'stage1' ? ' — stage 1, job still running' : ''}${m.is_default ? ' (default)' : ''} (${shortId(m.id)})` }));
     }
     if (keep && list.data.some((m) => m.id === keep)) sel.value = keep;
   } catch (err) {
@@ -771,7 +780,8 @@ function predictionItem(file, p, model) {
       bars,
       el('p', { class: 'logits' }, document.createTextNode('logits: '),
         el('code', { text: `[${p.logits.map((x) => x.toFixed(4)).join(', ')}]` })),
-      el('p', { class: 'muted small', text: `model ${shortId(model)}` })));
+      el('p', { class: 'muted small', text: `model ${shortId(model)}${knownModels.get(model)?.stage === 'stage1'
+        ? ' (the stage-1 model: its job is still fine-tuning; the final model replaces it)' : ''}` })));
 }
 
 // ---------------------------------------------------------------- start

@@ -12,10 +12,15 @@ use serde_json::{json, Value};
 
 
 fn spawn(dir: &std::path::Path, port: u16, db_url: &str) -> KillOnDrop {
+    spawn_with(dir, port, db_url, &[])
+}
+
+fn spawn_with(dir: &std::path::Path, port: u16, db_url: &str, extra: &[&str]) -> KillOnDrop {
     KillOnDrop(Command::new(env!("CARGO_BIN_EXE_tuneserve"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .args(["--database-url", db_url, "--progress-every", "1"])
+        .args(extra)
         .env("TUNESERVE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap())
@@ -140,4 +145,75 @@ async fn sigkill_in_stage_two_resumes_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_stage_two_resumes_postgres() {
     kill_during_stage_two(Db::Postgres).await;
+}
+
+/// SIGKILL in the middle of a stage-2 epoch with mid-epoch checkpoints on:
+/// the restarted service continues inside that epoch, at the batch after the
+/// last mid-epoch checkpoint, instead of redoing the epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_inside_an_epoch_resumes_at_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(Db::Sqlite, dir.path()).await;
+    let c = reqwest::Client::new();
+    // A mid-epoch checkpoint after every batch (~6 ms apart).
+    let every = ["--checkpoint-minutes", "0.0001"];
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_with(dir.path(), port, &url, &every);
+    wait_up(&c, &base).await;
+    let part = reqwest::multipart::Part::bytes(two_class_zip("", 40, 4)).file_name("d.zip");
+    let ds: Value = c.post(format!("{base}/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part))
+        .send().await.unwrap().json().await.unwrap();
+    let mut spec = tiny_job(ds["id"].as_str().expect("dataset created"), 1, 2);
+    spec["hyperparameters"]["batch_size"] = json!(4); // 20 batches per epoch
+    let created: Value = c.post(format!("{base}/v1/jobs")).json(&spec).send().await.unwrap().json().await.unwrap();
+    let id = created["id"].as_str().expect("job created").to_string();
+
+    // Kill once stage 2's first epoch is a few batches in (its partial checkpoint on disk).
+    let partial = dir.path().join("jobs").join(&id).join(".partial");
+    let t0 = Instant::now();
+    let killed_at = loop {
+        let j = job(&c, &base, &id).await;
+        assert_ne!(j["status"], "succeeded", "the job finished before the kill: {j}");
+        let step = j["step"].as_i64().unwrap_or(0);
+        if j["stage"] == "finetune" && j["epoch"] == 1 && (3..18).contains(&step) && partial.join("progress.json").exists() {
+            break step;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "stage 2 never got going: {j}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let progress: Value = serde_json::from_slice(&std::fs::read(partial.join("progress.json")).unwrap()).unwrap();
+    let saved = progress["steps_done"].as_i64().expect("steps_done in the partial checkpoint");
+    assert_eq!(progress["epoch"], 1, "{progress}");
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _child = spawn_with(dir.path(), port, &url, &every);
+    wait_up(&c, &base).await;
+    let t0 = Instant::now();
+    let j = loop {
+        let j = job(&c, &base, &id).await;
+        if matches!(j["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "the resumed job did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let ev: Value = c.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let ev = ev["data"].as_array().unwrap();
+    let second = ev.iter().rposition(|e| e["type"] == "status" && e["data"]["status"] == "running").unwrap();
+    let after = &ev[second..];
+    let note = format!("resuming stage 2 inside epoch 1 after {saved} batches");
+    assert!(
+        after.iter().any(|e| e["data"]["text"].as_str().is_some_and(|t| t.starts_with(&note))),
+        "no '{note}' (killed at step {killed_at}): {after:?}"
+    );
+    // The first batch run after the restart is the one after the checkpoint.
+    let first = after.iter().find(|e| e["type"] == "progress").expect("progress after the restart");
+    assert_eq!((first["data"]["stage"].as_str(), first["data"]["epoch"].as_i64()), (Some("finetune"), Some(1)), "{first}");
+    assert_eq!(first["data"]["step"].as_i64(), Some(saved + 1), "{first}");
+    assert!(!partial.exists(), "the partial checkpoint outlived its epoch");
 }

@@ -373,3 +373,77 @@ async fn page_is_built_in_with_etags() {
     let got = json_of(c.post(format!("{base}/app.js")).send().await.unwrap()).await;
     assert_error(&got, 405, "method_not_allowed");
 }
+
+/// Time to first prediction: stage 1's model is published as soon as stage 1
+/// ends (the default when there is none) and answers while stage 2 runs. A
+/// job that succeeds replaces its stage-1 model by its final one, which
+/// becomes the default; a later job's stage-1 model does not take the
+/// default away.
+async fn stage_one_model_answers_during_stage_two(db: Db) {
+    let srv = TestServer::start(db).await;
+    let ds = srv.good_dataset().await;
+    let models = |srv: &TestServer| {
+        let (c, url) = (srv.client.clone(), srv.url("/v1/models?limit=100"));
+        async move { c.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["data"].as_array().unwrap().clone() }
+    };
+    // Wait for `job`'s model to be listed; the job must still be running then.
+    async fn first_model_of(srv: &TestServer, job: &str) -> serde_json::Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (_, list) = srv.get("/v1/models?limit=100").await;
+            if let Some(m) = list["data"].as_array().unwrap().iter().find(|m| m["job_id"] == json!(job)) {
+                return m.clone();
+            }
+            let (_, j) = srv.get(&format!("/v1/jobs/{job}")).await;
+            assert_eq!(j["status"], "running", "no stage-1 model while the job ran: {j}");
+            assert!(t0.elapsed() < Duration::from_secs(120), "no stage-1 model: {j}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut long = tiny_job(&ds, 1, 1000);
+    long["hyperparameters"]["patience"] = json!(0);
+    let (_, job) = srv.post_json("/v1/jobs", long.clone()).await;
+    let id = job["id"].as_str().expect("job created").to_string();
+    let early = first_model_of(&srv, &id).await;
+    assert_eq!((early["stage"].as_str(), early["is_default"].as_bool()), (Some("stage1"), Some(true)), "{early}");
+    let (s, p) = srv.post_bytes("/v1/predict", "image/png", image_bytes(true, 1, false)).await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["model"], early["id"], "the stage-1 model answers");
+    let (_, j) = srv.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(j["status"], "running", "stage 2 still runs: {j}");
+    let (s, _) = srv.post_json(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert!(s.is_success());
+    assert_eq!(srv.wait_job(&id, Duration::from_secs(120)).await["status"], "cancelled");
+
+    // A job that succeeds: its final model replaces its stage-1 model and is the default.
+    let (_, job2) = srv.post_json("/v1/jobs", tiny_job(&ds, 1, 1)).await;
+    let id2 = job2["id"].as_str().unwrap().to_string();
+    let j2 = srv.wait_job(&id2, Duration::from_secs(300)).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}");
+    let list = models(&srv).await;
+    let of_job2: Vec<_> = list.iter().filter(|m| m["job_id"] == json!(id2)).collect();
+    assert_eq!(of_job2.len(), 1, "the final model replaced the stage-1 one: {list:?}");
+    assert_eq!((of_job2[0]["stage"].as_str(), of_job2[0]["is_default"].as_bool()), (Some("final"), Some(true)));
+    assert_eq!(of_job2[0]["id"], j2["model_id"]);
+    assert!(list.iter().any(|m| m["id"] == early["id"] && m["is_default"] == json!(false)), "the cancelled job's stage-1 model stays: {list:?}");
+
+    // A later job's stage-1 model is listed but does not become the default.
+    let (_, job3) = srv.post_json("/v1/jobs", long).await;
+    let id3 = job3["id"].as_str().unwrap().to_string();
+    let third = first_model_of(&srv, &id3).await;
+    assert_eq!((third["stage"].as_str(), third["is_default"].as_bool()), (Some("stage1"), Some(false)), "{third}");
+    let (_, p) = srv.post_bytes("/v1/predict", "image/png", image_bytes(true, 1, false)).await;
+    assert_eq!(p["model"], j2["model_id"], "the finished model keeps answering");
+    let (s, _) = srv.post_json(&format!("/v1/jobs/{id3}/cancel"), json!({})).await;
+    assert!(s.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stage_one_model_answers_during_stage_two_sqlite() {
+    stage_one_model_answers_during_stage_two(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stage_one_model_answers_during_stage_two_postgres() {
+    stage_one_model_answers_during_stage_two(Db::Postgres).await;
+}

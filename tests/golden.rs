@@ -147,4 +147,21 @@ fn embed_cli_on_the_photos_matches_keras_gap() {
         println!("image {i}: cosine {cos:.8}, max|diff| {maxd:.2e}");
         assert!(cos >= 0.9995, "image {i}: cosine {cos}");
     }
+
+    // A file that is not an image: reported, the others still embedded, and
+    // the exit status says so unless --keep-going.
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), b"not an image").unwrap();
+    for keep_going in [false, true] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tuneserve"));
+        cmd.args(["embed", "--backbone", "xception", "--device", "cpu", "--weights"]).arg(&weights).args(&paths).arg(bogus.path());
+        if keep_going {
+            cmd.arg("--keep-going");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), keep_going, "{err}");
+        assert!(err.contains("1 of 9 inputs failed") && err.contains(&bogus.path().display().to_string()), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
+    }
 }

@@ -683,7 +683,7 @@ fn weights_dir_listing(data: &Path) -> BTreeMap<String, u64> {
 async fn fetch_downloads_verifies_converts_and_caches() {
     let server = serve_h5().await;
     let data = tempfile::tempdir().expect("tempdir");
-    let path = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256)
+    let path = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256, None)
         .await
         .expect("fetch");
     assert_eq!(path, data.path().join("weights").join(XCEPTION_CACHE_FILE));
@@ -695,7 +695,7 @@ async fn fetch_downloads_verifies_converts_and_caches() {
     let names: Vec<String> = weights_dir_listing(data.path()).into_keys().collect();
     assert_eq!(names, [XCEPTION_CACHE_FILE], "only the cache remains");
 
-    let again = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256)
+    let again = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256, None)
         .await
         .expect("cached");
     assert_eq!(again, path);
@@ -712,7 +712,7 @@ async fn fetch_accepts_md5_like_keras() {
     let data = tempfile::tempdir().expect("tempdir");
     let bytes = std::fs::read(fixture(XCEPTION_H5)).expect("read");
     let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes));
-    fetch_xception(data.path(), &server.url, &md5)
+    fetch_xception(data.path(), &server.url, &md5, None)
         .await
         .expect("fetch with md5");
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
@@ -723,7 +723,7 @@ async fn fetch_rejects_wrong_checksum() {
     let server = serve_h5().await;
     let data = tempfile::tempdir().expect("tempdir");
     let wrong = "0".repeat(64);
-    let err = fetch_xception(data.path(), &server.url, &wrong)
+    let err = fetch_xception(data.path(), &server.url, &wrong, None)
         .await
         .expect_err("must fail")
         .to_string();
@@ -750,7 +750,7 @@ async fn fetch_fails_fast_when_offline() {
     let url = format!("http://127.0.0.1:{port}/xception.h5");
     let data = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
-    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256)
+    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256, None)
         .await
         .expect_err("must fail")
         .to_string();
@@ -770,7 +770,7 @@ async fn fetch_reports_http_errors() {
     let server = serve_h5().await;
     let url = server.url.replace("xception.h5", "missing.h5");
     let data = tempfile::tempdir().expect("tempdir");
-    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256)
+    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256, None)
         .await
         .expect_err("404")
         .to_string();
@@ -791,6 +791,7 @@ async fn fetch_uses_hand_downloaded_file() {
         data.path(),
         "http://127.0.0.1:9/unreachable.h5",
         XCEPTION_H5_SHA256,
+        None,
     )
     .await
     .expect("converted from the local copy");
@@ -806,7 +807,7 @@ async fn fetch_uses_hand_downloaded_file() {
         b"not it",
     )
     .expect("write");
-    let err = fetch_xception(other.path(), "http://127.0.0.1:9/x.h5", XCEPTION_H5_SHA256)
+    let err = fetch_xception(other.path(), "http://127.0.0.1:9/x.h5", XCEPTION_H5_SHA256, None)
         .await
         .expect_err("bad local copy")
         .to_string();

@@ -272,6 +272,17 @@ pub struct Model {
     /// The model POST /v1/predict uses.
     pub is_default: bool,
     pub created_at: i64,
+    /// `stage1`: published when its job's stage 1 ended, so predictions can
+    /// start while stage 2 runs; the job's `final` model replaces it.
+    #[schema(example = "final")]
+    pub stage: ModelStage,
+}
+
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelStage {
+    Stage1,
+    Final,
 }
 
 impl Model {
@@ -282,6 +293,7 @@ impl Model {
             validation_metrics: serde_json::from_str(&r.validation_metrics)?,
             is_default: r.is_default != 0,
             created_at: secs(r.created_at),
+            stage: if r.stage == crate::store::db::model_stage::STAGE1 { ModelStage::Stage1 } else { ModelStage::Final },
             id: r.id,
             job_id: r.job_id,
             checkpoint_id: r.checkpoint_id,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::device::{pick_device, DeviceArg};
-use crate::data::image::{load_path_for_model, to_tensor_data, DecodeLimits};
+use crate::data::image::{load_path_for_model, to_planar_data, DecodeLimits, RgbImage};
 use crate::model::weights::WeightSet;
 use crate::model::{Backbone, BackboneKind, Variant};
 
@@ -25,6 +25,9 @@ pub struct EmbedArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
+    /// Exit 0 even when some images could not be read (they are still reported).
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
@@ -33,23 +36,31 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let bb = Backbone::build(args.backbone, Variant::Full, &weights, false, &device)?;
     let size = args.image_size.unwrap_or(args.backbone.default_size());
     let limits = DecodeLimits::default();
+    let pb = super::progress::bar(args.images.len() as u64, "embed", false);
+    let mut failures = super::progress::Failures::default();
     for chunk in args.images.chunks(args.batch_size.max(1)) {
-        let mut ok = Vec::new();
+        let mut paths = Vec::new();
+        let mut imgs = Vec::new();
         for p in chunk {
             match load_path_for_model(p, (size as u32, size as u32), &limits) {
-                Ok(img) => ok.push((p, img)),
-                Err(e) => eprintln!("{}: {e}", p.display()),
+                Ok(img) => {
+                    paths.push(p);
+                    imgs.push(img);
+                }
+                Err(e) => failures.record(&pb, p, e),
             }
         }
-        if ok.is_empty() {
-            continue;
+        if !imgs.is_empty() {
+            let refs: Vec<&RgbImage> = imgs.iter().collect();
+            let x = candle_core::Tensor::from_vec(to_planar_data(&refs, args.backbone.scaling()), (3, imgs.len(), size, size), &device)?;
+            let feats = bb.features_planar(x)?.to_vec2::<f32>()?;
+            for (p, f) in paths.iter().zip(feats) {
+                let line = serde_json::json!({ "path": p.display().to_string(), "features": f });
+                pb.suspend(|| println!("{line}"));
+            }
         }
-        let imgs: Vec<_> = ok.iter().map(|(_, i)| i.clone()).collect();
-        let x = candle_core::Tensor::from_vec(to_tensor_data(&imgs, args.backbone.scaling()), (imgs.len(), size, size, 3), &device)?;
-        let feats = bb.features(&x)?.to_vec2::<f32>()?;
-        for ((p, _), f) in ok.iter().zip(feats) {
-            println!("{}", serde_json::json!({ "path": p.display().to_string(), "features": f }));
-        }
+        pb.inc(chunk.len() as u64);
     }
-    Ok(())
+    pb.finish_and_clear();
+    failures.finish(args.images.len(), args.keep_going)
 }

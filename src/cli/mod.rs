@@ -5,6 +5,7 @@ pub mod embed;
 pub mod loadtest;
 pub mod logging;
 pub mod predict;
+pub mod progress;
 pub mod serve;
 pub mod train;
 pub mod weights;

@@ -21,6 +21,9 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
+    /// Exit 0 even when some images could not be read (they are still reported).
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 #[derive(Serialize)]
@@ -44,18 +47,26 @@ pub fn resolve_checkpoint(p: &std::path::Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let predictor = Predictor::load(&resolve_checkpoint(&args.checkpoint)?, &pick_device(args.device)?)?;
     let limits = DecodeLimits::default();
+    let pb = super::progress::bar(args.images.len() as u64, "predict", false);
+    let mut failures = super::progress::Failures::default();
     for chunk in args.images.chunks(args.batch_size.max(1)) {
-        let mut ok = Vec::new();
+        let mut paths = Vec::new();
+        let mut imgs = Vec::new();
         for p in chunk {
             match std::fs::read(p).map_err(anyhow::Error::from).and_then(|b| Ok(decode(&b, &limits)?)) {
-                Ok(img) => ok.push((p, img)),
-                Err(e) => eprintln!("{}: {e}", p.display()),
+                Ok(img) => {
+                    paths.push(p);
+                    imgs.push(img);
+                }
+                Err(e) => failures.record(&pb, p, e),
             }
         }
-        let imgs: Vec<_> = ok.iter().map(|(_, i)| i.clone()).collect();
-        for ((p, _), pred) in ok.iter().zip(predictor.predict(&imgs)?) {
-            println!("{}", serde_json::to_string(&Line { path: p.display().to_string(), prediction: &pred })?);
+        for (p, pred) in paths.iter().zip(predictor.predict(&imgs)?) {
+            let line = serde_json::to_string(&Line { path: p.display().to_string(), prediction: &pred })?;
+            pb.suspend(|| println!("{line}"));
         }
+        pb.inc(chunk.len() as u64);
     }
-    Ok(())
+    pb.finish_and_clear();
+    failures.finish(args.images.len(), args.keep_going)
 }

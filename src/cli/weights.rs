@@ -50,8 +50,16 @@ pub fn run(args: WeightsArgs) -> anyhow::Result<()> {
         }
         WeightsCommand::Fetch { model: _, data_dir, url } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let path = rt.block_on(fetch::fetch_xception(&data_dir, &url, fetch::XCEPTION_NOTOP_MD5))?;
-            println!("{}", path.display());
+            let pb = super::progress::bar(0, "download", true);
+            let show = |got: u64, total: Option<u64>| {
+                if let Some(t) = total {
+                    pb.set_length(t);
+                }
+                pb.set_position(got);
+            };
+            let path = rt.block_on(fetch::fetch_xception(&data_dir, &url, fetch::XCEPTION_NOTOP_MD5, Some(&show)));
+            pb.finish_and_clear();
+            println!("{}", path?.display());
             Ok(())
         }
     }

@@ -23,9 +23,10 @@ use crate::config::ServeConfig;
 use crate::data::dataset::{DatasetManifest, Split};
 use crate::data::folder;
 use crate::model::Variant;
-use crate::store::db::{self, status, CheckpointRow, JobRow, Lease, ModelRow};
+use crate::store::db::{self, model_stage, status, CheckpointRow, JobRow, Lease, ModelRow};
 use crate::store::{ArtifactStore, Db};
-use crate::train::{self, checkpoint, Event, RunSpec, TrainConfig, TrainError, WeightsChoice};
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::{self, Event, Metrics, RunSpec, Stage, TrainConfig, TrainError, WeightsChoice};
 
 
 /// How often a running job tells the database it is alive (and learns of cancels).
@@ -189,6 +190,7 @@ fn run_job(ctx: &JobContext, job: JobRow) {
         }
     };
     let train_images = train_count(&spec.manifest, &spec.config);
+    let finetune_epochs = spec.config.finetune_epochs;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let flags = Arc::new(StopFlags::default());
@@ -237,13 +239,18 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                     warn!(error = %e, "could not store epoch metrics");
                 }
             }
-            Event::Checkpoint { name, .. } => {
+            Event::Checkpoint { name, stage, .. } => {
                 // Shared first, then recorded: what the database lists, every process can fetch.
                 match rt.block_on(ctx.artifacts.publish_checkpoint(&job.id, name)) {
                     Ok(()) => {
                         published.insert(name.clone());
-                        if let Err(e) = rt.block_on(sync_checkpoints(ctx, &job.id, &job_dir, &published)) {
-                            warn!(error = %e, checkpoint = %name, "could not record the checkpoints");
+                        match rt.block_on(sync_checkpoints(ctx, &job.id, &job_dir, &published)) {
+                            Err(e) => warn!(error = %e, checkpoint = %name, "could not record the checkpoints"),
+                            // Stage 1's model answers predictions while stage 2 runs.
+                            Ok(()) if *stage == Stage::Frozen && finetune_epochs > 0 => {
+                                rt.block_on(publish_stage1(ctx, &job, &job_dir, name));
+                            }
+                            Ok(()) => {}
                         }
                     }
                     // Not fatal: the run goes on, and a resume starts from an older checkpoint.
@@ -339,6 +346,48 @@ fn finish(
     }
 }
 
+/// Publishes the stage-1 checkpoint `name` as the job's stage-1 model (the
+/// default if there is none yet). Not fatal: predictions just wait for the
+/// final model.
+async fn publish_stage1(ctx: &JobContext, job: &JobRow, job_dir: &std::path::Path, name: &str) {
+    let row = async {
+        let ck = ctx.db.find_checkpoint(&job.id, name).await.map_err(|e| e.to_string())?;
+        let ck = ck.ok_or_else(|| format!("checkpoint {name} is not recorded"))?;
+        let meta = checkpoint::read_meta(&job_dir.join(name)).map_err(|e| e.to_string())?;
+        Ok::<_, String>(model_row(job, ck.id, &meta, &meta.classes, &meta.validation))
+    };
+    let published = match row.await {
+        Ok(row) => ctx.db.publish_stage1_model(&row).await.map(|p| (row.id, p)).map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok((id, Some(is_default))) => {
+            if is_default {
+                ctx.default_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            info!(model_id = %id, is_default, "stage-1 model published; the final model replaces it");
+        }
+        Ok((_, None)) => {}
+        Err(e) => warn!(error = %e, "could not publish the stage-1 model"),
+    }
+}
+
+fn model_row(job: &JobRow, checkpoint_id: String, meta: &CheckpointMeta, classes: &[String], validation: &Metrics) -> ModelRow {
+    ModelRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        job_id: job.id.clone(),
+        checkpoint_id,
+        backbone: meta.backbone.as_str().to_string(),
+        variant: variant_str(meta.variant).to_string(),
+        classes: json!(classes).to_string(),
+        image_size: meta.image_size as i64,
+        validation_metrics: json!(validation).to_string(),
+        is_default: 0,
+        created_at: db::now_ms(),
+        stage: model_stage::STAGE1.to_string(),
+    }
+}
+
 /// The model row and stored result for a finished run.
 async fn model_for(
     ctx: &JobContext,
@@ -362,18 +411,7 @@ async fn model_for(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("best checkpoint {name} is not recorded"))?;
     let meta = checkpoint::read_meta(&job_dir.join(name)).map_err(|e| e.to_string())?;
-    let model = ModelRow {
-        id: uuid::Uuid::new_v4().to_string(),
-        job_id: job.id.clone(),
-        checkpoint_id: ck.id,
-        backbone: meta.backbone.as_str().to_string(),
-        variant: variant_str(meta.variant).to_string(),
-        classes: json!(summary.classes).to_string(),
-        image_size: meta.image_size as i64,
-        validation_metrics: json!(summary.validation).to_string(),
-        is_default: 1,
-        created_at: db::now_ms(),
-    };
+    let model = ModelRow { stage: model_stage::FINAL.to_string(), ..model_row(job, ck.id, &meta, &summary.classes, &summary.validation) };
     let result = serde_json::to_string(summary).map_err(|e| e.to_string())?;
     Ok((model, result))
 }

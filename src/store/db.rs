@@ -112,6 +112,8 @@ pub struct ModelRow {
     pub validation_metrics: String,
     pub is_default: i64,
     pub created_at: i64,
+    /// [`model_stage`]: where in its job the model comes from.
+    pub stage: String,
 }
 
 /// What [`Db::recover_orphans`] did.
@@ -135,6 +137,13 @@ pub enum CancelOutcome {
 }
 
 /// Statuses a job can be in.
+pub mod model_stage {
+    /// Published when stage 1 ends, so predictions can start early.
+    pub const STAGE1: &str = "stage1";
+    /// The job's result.
+    pub const FINAL: &str = "final";
+}
+
 pub mod status {
     pub const QUEUED: &str = "queued";
     pub const RUNNING: &str = "running";
@@ -603,10 +612,48 @@ impl Db {
             return Ok(false);
         }
         self.lock_models(&mut tx).await?;
+        // The final model replaces the job's stage-1 model.
+        sqlx::query("DELETE FROM models WHERE job_id = $1 AND stage = $2")
+            .bind(&m.job_id)
+            .bind(model_stage::STAGE1)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1").execute(&mut *tx).await?;
+        Self::insert_model(&mut tx, m, true, model_stage::FINAL).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Publishes a running job's stage-1 model: the default only when there
+    /// is none yet. Once per job (a resumed job does not add a second one);
+    /// returns whether it was added and whether it became the default.
+    pub async fn publish_stage1_model(&self, m: &ModelRow) -> Result<Option<bool>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        // Opens with a write (SQLite takes its lock now, see set_default_model).
+        sqlx::query("UPDATE models SET is_default = is_default WHERE job_id = $1").bind(&m.job_id).execute(&mut *tx).await?;
+        self.lock_models(&mut tx).await?;
+        let (existing,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM models WHERE job_id = $1")
+            .bind(&m.job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 {
+            return Ok(None);
+        }
+        let (defaults,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM models WHERE is_default = 1").fetch_one(&mut *tx).await?;
+        Self::insert_model(&mut tx, m, defaults == 0, model_stage::STAGE1).await?;
+        tx.commit().await?;
+        Ok(Some(defaults == 0))
+    }
+
+    async fn insert_model(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        m: &ModelRow,
+        is_default: bool,
+        stage: &str,
+    ) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO models (id, job_id, checkpoint_id, backbone, variant, classes, image_size, \
-             validation_metrics, is_default, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9)",
+             validation_metrics, is_default, created_at, stage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&m.id)
         .bind(&m.job_id)
@@ -616,11 +663,12 @@ impl Db {
         .bind(&m.classes)
         .bind(m.image_size)
         .bind(&m.validation_metrics)
+        .bind(is_default as i64)
         .bind(m.created_at)
-        .execute(&mut *tx)
+        .bind(stage)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     pub async fn list_models(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<ModelRow>>, DbError> {

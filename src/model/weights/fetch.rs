@@ -93,10 +93,12 @@ impl Hasher {
 /// hand-downloaded `<data_dir>/weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`,
 /// or a download of `url`. `expected_hash` is the sha256 (64 hex digits) or
 /// md5 (32) of the `.h5`, e.g. [`XCEPTION_NOTOP_MD5`] for [`XCEPTION_NOTOP_URL`].
+/// `progress` hears (bytes received, bytes expected) during a download.
 pub async fn fetch_xception(
     data_dir: &Path,
     url: &str,
     expected_hash: &str,
+    progress: Option<&(dyn Fn(u64, Option<u64>) + Sync)>,
 ) -> Result<PathBuf, WeightsError> {
     let expected = Expected::parse(expected_hash)?;
     let dir = data_dir.join("weights");
@@ -135,7 +137,7 @@ pub async fn fetch_xception(
         .prefix(".xception-download-")
         .tempfile_in(&dir)
         .map_err(|e| WeightsError::io(&dir, e))?;
-    let found = download(url, tmp.path(), &expected, &hint).await?;
+    let found = download(url, tmp.path(), &expected, &hint, progress).await?;
     if found != expected.hex() {
         return Err(WeightsError::Checksum {
             url: url.to_string(),
@@ -165,6 +167,7 @@ async fn download(
     dest: &Path,
     expected: &Expected,
     hint: &str,
+    progress: Option<&(dyn Fn(u64, Option<u64>) + Sync)>,
 ) -> Result<String, WeightsError> {
     let fail = |detail: String| WeightsError::Download {
         url: url.to_string(),
@@ -189,10 +192,16 @@ async fn download(
         .await
         .map_err(|e| WeightsError::io(dest, e))?;
     let mut hasher = Hasher::default();
+    let total = resp.content_length();
+    let mut received = 0u64;
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| fail(format!("connection lost: {}", describe(&e))))?;
         hasher.update(&chunk);
+        received += chunk.len() as u64;
+        if let Some(p) = progress {
+            p(received, total);
+        }
         out.write_all(&chunk)
             .await
             .map_err(|e| WeightsError::io(dest, e))?;
