@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Packs the CUDA test binary and the GPU examples for a machine whose CUDA is
-# newer than the toolkit they were built with (Debian's 11.8 here; CUDA 13 on
-# the lent H100s): strips them, points them at unversioned libcublas.so /
+# Packs the CUDA test binary and the GPU examples (benchmark, recipe) to run on
+# a remote GPU host whose CUDA is newer than the toolkit they were built with
+# (e.g. built with Debian's CUDA 11.8 on a CPU-only machine, run on a host with
+# CUDA 12 or 13): strips them, points them at unversioned libcublas.so /
 # libcurand.so with weak symbol versions (see elf-weak-versions.py), and adds
 # libcudart.so.11.0 (candle-kernels links it) and the PyTorch peer script.
 #

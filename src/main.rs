@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
-static ALLOC: tuneserve::alloc::CachingAlloc = tuneserve::alloc::CachingAlloc::new();
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Transfer learning on images as an HTTP service.
 #[derive(Parser)]
@@ -35,6 +35,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    tuneserve::alloc::configure();
     let cli = Cli::parse();
     tuneserve::cli::logging::init(cli.log_format);
     match cli.command {
