@@ -107,12 +107,13 @@ pub async fn stream_to_file(
 
 /// Parses JSON errors into 400 (not JSON at all) or 422 (JSON of the wrong shape).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    // Syntax first, then shape: deserializing straight into `T` reports some
-    // wrong types (a number where an enum's string belongs) as syntax errors.
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
-    serde_json::from_value(value)
-        .map_err(|e| ApiError::unprocessable("invalid_request", format!("invalid request body: {e}")))
+    // One pass into `T`. serde_json reports some wrong types (a number where
+    // an enum's string belongs) as syntax errors, so a failure is classified
+    // by a second, shape-free pass: valid JSON means the fields were wrong.
+    serde_json::from_slice(bytes).map_err(|e| match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) => ApiError::unprocessable("invalid_request", format!("invalid request body: {e}")),
+        Err(syntax) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {syntax}")),
+    })
 }
 
 /// A JSON body: 415 without `Content-Type: application/json`, 413 over 1 MiB,

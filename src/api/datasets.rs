@@ -55,7 +55,7 @@ impl Drop for Staging {
 /// optional `name` field) or as a raw body (`Content-Type: application/zip`,
 /// `application/x-tar`, `application/gzip`). Files that are not usable
 /// images are skipped and listed in `rejected`.
-#[utoipa::path(post, path = "/v1/datasets", tag = "datasets", params(UploadQuery),
+#[utoipa::path(post, path = "/v1/datasets", operation_id = "create_dataset", tag = "datasets", params(UploadQuery),
     request_body(description = "the archive",
         content((super::types::UploadForm = "multipart/form-data"), (super::types::Binary = "application/zip"),
             (super::types::Binary = "application/x-tar"), (super::types::Binary = "application/gzip"))),
@@ -294,7 +294,7 @@ pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError 
 }
 
 /// List datasets, newest first.
-#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageQuery),
+#[utoipa::path(get, path = "/v1/datasets", operation_id = "list_datasets", tag = "datasets", params(PageQuery),
     responses((status = 200, body = DatasetList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super::body::ApiQuery<PageQuery>) -> ApiResult<Json<DatasetList>> {
@@ -310,7 +310,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
 }
 
 /// One dataset: classes, counts per class and split, rejected files with reasons.
-#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/datasets/{id}", operation_id = "get_dataset", tag = "datasets", params(("id" = String, Path)),
     responses((status = 200, body = Dataset), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Dataset>> {
@@ -323,7 +323,7 @@ pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): su
 }
 
 /// Delete a dataset and its files (409 while a queued or running job uses it).
-#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/datasets/{id}", operation_id = "delete_dataset", tag = "datasets", params(("id" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, description = "a queued or running job uses it", body = ErrorBody),
         (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody)),
     security((), ("api_key" = [])))]

@@ -22,7 +22,7 @@ use crate::store::db::{status, CancelOutcome};
 /// The job is queued; a worker runs the two-stage recipe on it (stage 1:
 /// frozen base, head only; stage 2: fine-tuning with BatchNorm statistics
 /// frozen). Hyper-parameters default to the notebook's.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob,
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", tag = "jobs", request_body = CreateJob,
     responses(
         (status = 201, body = Job),
         (status = 400, description = "malformed JSON", body = ErrorBody),
@@ -95,7 +95,7 @@ fn validate(c: &crate::train::TrainConfig) -> ApiResult<()> {
 }
 
 /// List jobs, newest first.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(PageQuery),
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", params(PageQuery),
     responses((status = 200, body = JobList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super::body::ApiQuery<PageQuery>) -> ApiResult<Json<JobList>> {
@@ -111,7 +111,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
 }
 
 /// One job: status, stage, epoch, latest metrics, error.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Job>> {
@@ -123,7 +123,7 @@ pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): su
 /// Cancel a job. A queued job is cancelled at once; a running one stops at
 /// its next step (its `cancel_requested` turns true, then its status
 /// `cancelled`). A finished job gives 409.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "the job has finished", body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn cancel(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Job>> {
@@ -149,7 +149,7 @@ pub async fn cancel(State(st): State<SharedState>, super::body::ApiPath(id): sup
 /// A job's events: paged history (JSON), or with `?stream=true` /
 /// `Accept: text/event-stream` a live Server-Sent-Events stream that replays
 /// from `after` (or `Last-Event-ID`) and ends after the job's final status.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "list_job_events", tag = "jobs", params(("id" = String, Path), EventQuery),
     responses(
         (status = 200, description = "history page (JSON) or SSE stream: `id` = seq, `event` = type, `data` = JSON",
             content((JobEventList = "application/json"), (super::types::JobStreamEvent = "text/event-stream"))),
@@ -250,7 +250,7 @@ fn event_stream(
 }
 
 /// A job's checkpoints (stage, epoch, metrics), oldest first.
-#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", operation_id = "list_job_checkpoints", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = CheckpointList), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn checkpoints(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<CheckpointList>> {

@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::train::checkpoint::{META_FILE, MODEL_FILE};
 
 /// List published models, newest first.
-#[utoipa::path(get, path = "/v1/models", tag = "models", params(PageQuery),
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models", params(PageQuery),
     responses((status = 200, body = ModelList), (status = 400, description = "invalid query string or unknown cursor", body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn list(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<ModelList>> {
@@ -29,7 +29,7 @@ pub async fn list(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PageQuery
     Ok(Json(ModelList { object: "list", data, has_more }))
 }
 
-#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/models/{id}", operation_id = "get_model", tag = "models", params(("id" = String, Path)),
     responses((status = 200, body = Model), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn get_one(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
@@ -40,7 +40,7 @@ pub async fn get_one(State(st): State<SharedState>, ApiPath(id): ApiPath<String>
 
 /// Make this model the default one (used by POST /v1/predict). Each newly
 /// published model becomes the default; this switches back or forth.
-#[utoipa::path(post, path = "/v1/models/{id}/default", tag = "models", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/models/{id}/default", operation_id = "set_default_model", tag = "models", params(("id" = String, Path)),
     responses((status = 200, body = Model), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
@@ -53,7 +53,7 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
     Ok(Json(Model::from_row(row)?))
 }
 
-#[utoipa::path(get, path = "/v1/checkpoints/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/checkpoints/{id}", operation_id = "get_checkpoint", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Checkpoint), (status = 404, body = ErrorBody)),
     security((), ("api_key" = [])))]
 pub async fn checkpoint(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Checkpoint>> {
@@ -64,7 +64,7 @@ pub async fn checkpoint(State(st): State<SharedState>, ApiPath(id): ApiPath<Stri
 
 /// Download a checkpoint: an uncompressed tar holding `model.safetensors`
 /// (weights in the Keras layout, canonical names) and `meta.json`.
-#[utoipa::path(get, path = "/v1/checkpoints/{id}/download", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/checkpoints/{id}/download", operation_id = "download_checkpoint", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, content_type = "application/x-tar", body = super::types::Binary, description = "model.safetensors + meta.json"),
         (status = 404, description = "unknown checkpoint, or its files are gone", body = ErrorBody),
         (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody)),

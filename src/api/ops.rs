@@ -50,31 +50,6 @@ impl Modify for BearerKey {
     }
 }
 
-/// The API's name for each operation (unique; utoipa would use the function
-/// names, which repeat across modules).
-const OPERATION_IDS: &[(&str, &str, &str)] = &[
-    ("post", "/v1/datasets", "create_dataset"),
-    ("get", "/v1/datasets", "list_datasets"),
-    ("get", "/v1/datasets/{id}", "get_dataset"),
-    ("delete", "/v1/datasets/{id}", "delete_dataset"),
-    ("post", "/v1/jobs", "create_job"),
-    ("get", "/v1/jobs", "list_jobs"),
-    ("get", "/v1/jobs/{id}", "get_job"),
-    ("post", "/v1/jobs/{id}/cancel", "cancel_job"),
-    ("get", "/v1/jobs/{id}/events", "list_job_events"),
-    ("get", "/v1/jobs/{id}/checkpoints", "list_job_checkpoints"),
-    ("get", "/v1/checkpoints/{id}", "get_checkpoint"),
-    ("get", "/v1/checkpoints/{id}/download", "download_checkpoint"),
-    ("get", "/v1/models", "list_models"),
-    ("get", "/v1/models/{id}", "get_model"),
-    ("post", "/v1/models/{id}/default", "set_default_model"),
-    ("post", "/v1/models/{id}/predict", "predict_with_model"),
-    ("post", "/v1/predict", "predict"),
-    ("get", "/health", "health"),
-    ("get", "/ready", "ready"),
-    ("get", "/metrics", "metrics"),
-];
-
 /// OpenAPI links: what a response names that another operation takes.
 /// (source operation, status, link name, target operation, `id` expression,
 /// request body with expressions).
@@ -132,12 +107,13 @@ fn error_response(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-fn operations(api: &mut utoipa::openapi::OpenApi) -> Vec<(&'static str, &str, &mut Operation)> {
+/// Every (path, operation) of the document.
+fn operations(api: &mut utoipa::openapi::OpenApi) -> Vec<(&str, &mut Operation)> {
     let mut out = Vec::new();
     for (path, item) in api.paths.paths.iter_mut() {
-        for (method, op) in [("get", &mut item.get), ("post", &mut item.post), ("delete", &mut item.delete)] {
+        for op in [&mut item.get, &mut item.post, &mut item.delete] {
             if let Some(op) = op.as_mut() {
-                out.push((method, path.as_str(), op));
+                out.push((path.as_str(), op));
             }
         }
     }
@@ -146,10 +122,7 @@ fn operations(api: &mut utoipa::openapi::OpenApi) -> Vec<(&'static str, &str, &m
 
 impl Modify for Contract {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        for (method, path, op) in operations(api) {
-            if let Some((_, _, id)) = OPERATION_IDS.iter().find(|(m, p, _)| *m == method && *p == path) {
-                op.operation_id = Some(id.to_string());
-            }
+        for (path, op) in operations(api) {
             let has = |op: &Operation, kind: ParameterIn| {
                 op.parameters.iter().flatten().any(|p| p.parameter_in == kind)
             };
@@ -176,7 +149,13 @@ impl Modify for Contract {
 /// fields in snake_case, `operation_id`, which no client reads, so the links
 /// are added to the JSON.)
 pub fn document() -> serde_json::Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document does not serialize");
+            return json!({ "openapi": "3.1.0", "info": { "title": "tuneserve", "version": env!("CARGO_PKG_VERSION") }, "paths": {} });
+        }
+    };
     // What an SSE event's `data` holds (utoipa has no attribute for contentSchema).
     if let Some(data) = doc.pointer_mut("/components/schemas/JobStreamEvent/properties/data") {
         data["contentSchema"] = json!({
@@ -211,13 +190,13 @@ pub fn document() -> serde_json::Value {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// Readiness: the database answers and the default model (if any) is loaded.
-#[utoipa::path(get, path = "/ready", tag = "operations",
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "operations",
     responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(st): State<SharedState>) -> ApiResult<Json<Ready>> {
     if let Err(e) = st.db.ping().await {
@@ -244,7 +223,7 @@ pub async fn ready(State(st): State<SharedState>) -> ApiResult<Json<Ready>> {
 
 /// Prometheus metrics: HTTP requests and latencies, prediction queue depth
 /// and throughput, job counts by status, training img/s.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String, description = "Prometheus text format")),
     security((), ("api_key" = [])))]
 pub async fn metrics(State(st): State<SharedState>) -> Response {
@@ -291,7 +270,7 @@ mod tests {
         let all = ops(&doc);
         let ids: HashSet<&str> = all.iter().map(|(_, _, op)| op["operationId"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), all.len(), "operationIds must be unique");
-        assert_eq!(all.len(), OPERATION_IDS.len(), "every operation has a name in OPERATION_IDS");
+        assert_eq!(all.len(), 20, "every operation is documented");
         let mut links = 0;
         for (_, _, op) in &all {
             for resp in op["responses"].as_object().unwrap().values() {

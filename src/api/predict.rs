@@ -24,7 +24,7 @@ use crate::serve::registry::LoadedModel;
 /// ..., or `application/octet-stream`), several as multipart/form-data file
 /// fields, or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.
 /// Concurrent requests are batched together on the model's device.
-#[utoipa::path(post, path = "/v1/predict", tag = "predict",
+#[utoipa::path(post, path = "/v1/predict", operation_id = "predict", tag = "predict",
     request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
         (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
     responses(
@@ -44,7 +44,7 @@ pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<J
 }
 
 /// Classify images with a given model (same inputs as /v1/predict).
-#[utoipa::path(post, path = "/v1/models/{id}/predict", tag = "predict", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/models/{id}/predict", operation_id = "predict_with_model", tag = "predict", params(("id" = String, Path)),
     request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
         (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
     responses(
