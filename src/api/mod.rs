@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::jobs::JobContext;
 use crate::serve::batcher::BatchLimits;
 use crate::serve::registry::Registry;
-use crate::store::{open_artifacts, ArtifactStore, Db};
+use crate::store::{ArtifactStore, Db};
 
 pub use crate::error::ServeError;
 pub use ops::ApiDoc;
@@ -78,48 +78,30 @@ pub async fn serve_with(
     if !access.keyed() && !bound.ip().is_loopback() {
         tracing::warn!(addr = %bound, "serving WITHOUT an API key on a non-loopback address (--allow-unauthenticated)");
     }
-    std::fs::create_dir_all(&cfg.data_dir)?;
-    let device = cfg.candle_device().map_err(ServeError::Config)?;
-    let db = Db::connect(&cfg.database_url()).await?;
-    let artifacts = open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
-    let instance = cfg.instance_name();
-    tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, "starting");
+    let token = shutdown;
+    let (ctx, predict_pool) = JobContext::open(cfg.clone(), token.clone()).await?;
     let limits = BatchLimits {
         max_batch: cfg.predict_max_batch.max(1),
         max_wait: cfg.predict_max_wait(),
         max_queue: cfg.predict_max_queue.max(1),
         timeout: Duration::from_millis(cfg.predict_timeout_ms.max(1)),
     };
-    let pools = cfg.compute_pools().map_err(ServeError::Config)?;
-    let token = shutdown;
-    let default_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let db = ctx.db.clone();
+    let registry =
+        Registry::new(db.clone(), ctx.artifacts.clone(), ctx.device.clone(), limits, predict_pool, ctx.default_changes.clone());
     let state = Arc::new(AppState {
-        registry: Registry::new(db.clone(), artifacts.clone(), device.clone(), limits, pools.predict.clone(), default_changes.clone()),
+        registry,
         cfg: cfg.clone(),
         access,
         db: db.clone(),
-        artifacts: artifacts.clone(),
-        jobs_queued: Arc::new(Notify::new()),
-        job_events: Arc::new(Notify::new()),
+        artifacts: ctx.artifacts.clone(),
+        jobs_queued: ctx.queued.clone(),
+        job_events: ctx.events.clone(),
         metrics: crate::telemetry::recorder(),
         shutdown: token.clone(),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads as usize)),
     });
-
-    let ctx = Arc::new(JobContext {
-        db: db.clone(),
-        artifacts,
-        cfg: cfg.clone(),
-        instance,
-        device,
-        train_pool: pools.train.clone(),
-        queued: state.jobs_queued.clone(),
-        events: state.job_events.clone(),
-        default_changes,
-        shutdown: token.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    });
-    let workers = crate::jobs::start(ctx, cfg.workers).await?;
+    let workers = crate::jobs::start(Arc::new(ctx), cfg.workers).await?;
 
     // Load the default model in the background so /ready turns green once it is in memory.
     let warm = state.clone();

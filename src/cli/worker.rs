@@ -5,14 +5,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::serve::shutdown_signal;
 use crate::config::ServeConfig;
 use crate::error::ServeError;
 use crate::jobs::JobContext;
-use crate::store::{open_artifacts, Db};
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
@@ -36,28 +34,10 @@ pub fn run(args: WorkerArgs) -> Result<(), ServeError> {
 
 /// Runs `cfg.workers` (at least one) job workers until `shutdown` is cancelled.
 pub async fn work(cfg: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let cfg = Arc::new(cfg);
-    std::fs::create_dir_all(&cfg.data_dir)?;
-    let device = cfg.candle_device().map_err(ServeError::Config)?;
-    let db = Db::connect(&cfg.database_url()).await?;
-    let artifacts = open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
-    let instance = cfg.instance_name();
-    let pools = cfg.compute_pools().map_err(ServeError::Config)?;
-    tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, workers = cfg.workers.max(1), "worker starting");
-    let ctx = Arc::new(JobContext {
-        db: db.clone(),
-        artifacts,
-        cfg: cfg.clone(),
-        instance,
-        device,
-        train_pool: pools.train,
-        queued: Arc::new(Notify::new()),
-        events: Arc::new(Notify::new()),
-        default_changes: Default::default(),
-        shutdown: shutdown.clone(),
-        runtime: tokio::runtime::Handle::current(),
-    });
-    let workers = crate::jobs::start(ctx, cfg.workers.max(1)).await?;
+    let (ctx, _) = JobContext::open(Arc::new(cfg), shutdown.clone()).await?;
+    let (db, workers) = (ctx.db.clone(), ctx.cfg.workers.max(1));
+    tracing::info!(workers, "worker starting");
+    let workers = crate::jobs::start(Arc::new(ctx), workers).await?;
     shutdown.cancelled().await;
     tracing::info!("stopping: a running job stops at its next checkpoint and goes back to the queue");
     crate::jobs::join(workers).await?;

@@ -52,6 +52,39 @@ pub struct JobContext {
     pub runtime: Handle,
 }
 
+impl JobContext {
+    /// What a process that runs jobs needs, from its settings: the data
+    /// folder, the device, the database (migrated), the artifact store and
+    /// the CPU pools (the predict pool is returned for a server's use).
+    pub async fn open(
+        cfg: Arc<ServeConfig>,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, Arc<rayon::ThreadPool>), crate::error::ServeError> {
+        use crate::error::ServeError;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let device = cfg.candle_device().map_err(ServeError::Config)?;
+        let db = Db::connect(&cfg.database_url()).await?;
+        let artifacts = crate::store::open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
+        let pools = cfg.compute_pools().map_err(ServeError::Config)?;
+        let instance = cfg.instance_name();
+        tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, "starting");
+        let ctx = Self {
+            db,
+            artifacts,
+            cfg,
+            instance,
+            device,
+            train_pool: pools.train,
+            queued: Arc::new(Notify::new()),
+            events: Arc::new(Notify::new()),
+            default_changes: Default::default(),
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        Ok((ctx, pools.predict))
+    }
+}
+
 /// Queues again the jobs this instance left running (they resume from their
 /// last checkpoint), starts the sweeper that does the same for jobs of
 /// silent processes, and `n` worker threads.
