@@ -238,11 +238,88 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
     let started = Instant::now();
     let cfg = &spec.config;
     let size = validate(cfg, &spec.manifest)?;
-    let classes = spec.manifest.classes.clone();
-    let k = if classes.len() == 2 { 1 } else { classes.len() };
-    let dev = &spec.device;
-
+    let r = Run { spec: &spec, cfg, classes: spec.manifest.classes.clone(), size, dev: &spec.device, cancel };
     let (train_s, val_s) = split(&spec.manifest, cfg)?;
+    let (train, val, skipped) = load_images(&r, &train_s, &val_s, on_event)?;
+    check_cancel(cancel)?;
+    let Start { existing, resume_from, partial, bb, head } = restore(&r, on_event)?;
+    let classes = r.classes.clone();
+
+    // Stage 1: the head on the frozen base's features.
+    let stage1_done = partial.is_some()
+        || resume_from.as_ref().is_some_and(|(_, m)| m.stage == Stage::Frozen || m.stage == Stage::Finetune);
+    let mut stage1_best: Option<(String, CheckpointMeta)> =
+        existing.iter().filter(|(_, m)| m.stage == Stage::Frozen).last().cloned();
+    if !stage1_done && cfg.frozen_epochs > 0 {
+        stage1_best = Some(stage1(&r, &bb, &head, (&train, &val), (&train_s, &val_s), on_event)?);
+    }
+    // Stage 2: fine-tune everything, BatchNorm statistics frozen.
+    let stage2_best = stage2(&r, &bb, &head, (&train, &val), &existing, (partial, resume_from), &stage1_best, on_event)?;
+
+    let (best_name, best_meta) = better(&stage1_best, &stage2_best)
+        .cloned()
+        .ok_or_else(|| TrainError::Checkpoint("the run produced no checkpoint".into()))?;
+    checkpoint::set_best(&spec.out_dir, &best_name)?;
+    Ok(Summary {
+        best_checkpoint: best_name,
+        best_stage: best_meta.stage,
+        classes,
+        validation: best_meta.validation,
+        confusion: best_meta.confusion,
+        train_images: train.len(),
+        validation_images: val.len(),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What every step of a run reads.
+struct Run<'a> {
+    spec: &'a RunSpec,
+    cfg: &'a TrainConfig,
+    classes: Vec<String>,
+    size: usize,
+    dev: &'a Device,
+    cancel: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// A checkpoint's description of this run at (`stage`, `epoch`).
+    fn meta(&self, stage: Stage, epoch: usize, train: Metrics, validation: Metrics, step: u64, confusion: Vec<Vec<usize>>) -> CheckpointMeta {
+        CheckpointMeta {
+            stage,
+            epoch,
+            backbone: self.cfg.backbone,
+            variant: self.spec.variant,
+            classes: self.classes.clone(),
+            image_size: self.size,
+            train,
+            validation,
+            optimizer_step: step,
+            config: self.cfg.clone(),
+            confusion,
+        }
+    }
+}
+
+/// Where a run starts: its checkpoints so far, what it resumes from, and the network.
+struct Start {
+    existing: Vec<(String, CheckpointMeta)>,
+    resume_from: Option<(String, CheckpointMeta)>,
+    partial: Option<(CheckpointMeta, checkpoint::EpochProgress)>,
+    bb: Backbone,
+    head: Head,
+}
+
+/// The dataset's pixel cache (built on first use) and the two splits' images,
+/// with the images left out and why.
+fn load_images(
+    r: &Run,
+    train_s: &[&Sample],
+    val_s: &[&Sample],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(Images, Images, Vec<Rejected>), TrainError> {
+    let (spec, size, cancel) = (r.spec, r.size, r.cancel);
     let limits = DecodeLimits::default();
     let t0 = Instant::now();
     let cache = PixelCache::open_or_build(
@@ -276,7 +353,14 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
         return Err(TrainError::Data("no readable images left in the training or validation split".into()));
     }
     check_cancel(cancel)?;
+    Ok((train, val, skipped))
+}
 
+/// The resume point (the newest complete checkpoint, or a mid-epoch one
+/// after it) and the network built from it, or from the initial weights.
+fn restore(r: &Run, on_event: &mut dyn FnMut(Event)) -> Result<Start, TrainError> {
+    let (spec, cfg, dev, classes) = (r.spec, r.cfg, r.dev, &r.classes);
+    let k = if classes.len() == 2 { 1 } else { classes.len() };
     // Resume point: the newest complete checkpoint of this run.
     let existing = checkpoint::list(&spec.out_dir)?;
     let resume_from = if spec.resume { existing.last().cloned() } else { None };
@@ -292,7 +376,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
     let last_finetune = existing.iter().filter(|(_, m)| m.stage == Stage::Finetune).map(|(_, m)| m.epoch).max().unwrap_or(0);
     let partial = match spec.resume {
         true => checkpoint::read_partial(&spec.out_dir)?.filter(|(m, p)| {
-            m.stage == Stage::Finetune && p.epoch == last_finetune + 1 && m.classes == classes && m.backbone == cfg.backbone
+            m.stage == Stage::Finetune && p.epoch == last_finetune + 1 && m.classes == *classes && m.backbone == cfg.backbone
         }),
         false => None,
     };
@@ -309,7 +393,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             build_from(&t, cfg, spec.variant, dev)?
         }
         (None, Some((name, meta))) => {
-            if meta.classes != classes || meta.backbone != cfg.backbone {
+            if meta.classes != *classes || meta.backbone != cfg.backbone {
                 return Err(TrainError::Checkpoint(format!("checkpoint {name} was made for other classes or another backbone")));
             }
             let t = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::MODEL_FILE, dev)?;
@@ -328,127 +412,134 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             (bb, head)
         }
     };
+    Ok(Start { existing, resume_from, partial, bb, head })
+}
 
-    let meta_for = |stage: Stage, epoch: usize, train: Metrics, validation: Metrics, step: u64, confusion: Vec<Vec<usize>>| {
-        CheckpointMeta {
-            stage,
-            epoch,
-            backbone: cfg.backbone,
-            variant: spec.variant,
-            classes: classes.clone(),
-            image_size: size,
-            train,
-            validation,
-            optimizer_step: step,
-            config: cfg.clone(),
-            confusion,
-        }
+/// Stage 1: features of every image through the frozen base (on disk,
+/// resumable), then the head's epochs on them; returns the best epoch's
+/// checkpoint.
+fn stage1(
+    r: &Run,
+    bb: &Backbone,
+    head: &Head,
+    (train, val): (&Images, &Images),
+    (train_s, val_s): (&[&Sample], &[&Sample]),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(String, CheckpointMeta), TrainError> {
+    let (spec, cfg, dev, size, classes, cancel) = (r.spec, r.cfg, r.dev, r.size, &r.classes, r.cancel);
+    let meta_for = |stage, epoch, train, validation, step, confusion| r.meta(stage, epoch, train, validation, step, confusion);
+    let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
+    let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
+    let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
+    let mut done = 0;
+    let pass_started = Instant::now();
+    let mut report = |on_event: &mut dyn FnMut(Event)| {
+        done += 1;
+        let eta_s = eta(pass_started, done, total_steps);
+        on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps, eta_s });
     };
-
-    // ---- Stage 1: head on cached features ----
-    let stage1_done = partial.is_some()
-        || resume_from.as_ref().is_some_and(|(_, m)| m.stage == Stage::Frozen || m.stage == Stage::Finetune);
-    let mut stage1_best: Option<(String, CheckpointMeta)> =
-        existing.iter().filter(|(_, m)| m.stage == Stage::Frozen).last().cloned();
-    if !stage1_done && cfg.frozen_epochs > 0 {
-        let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
-        let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
-        let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
-        let mut done = 0;
-        let pass_started = Instant::now();
-        let mut report = |on_event: &mut dyn FnMut(Event)| {
-            done += 1;
-            let eta_s = eta(pass_started, done, total_steps);
-            on_event(Event::Progress { stage: Stage::Features, epoch: 1, epochs: 1, step: done, steps: total_steps, eta_s });
-        };
-        // Everything the features depend on: a resumed run reuses the
-        // batches an interrupted one finished only when all of it matches.
-        let key = serde_json::json!({
-            "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": size,
-            "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "weights": spec.weights,
-            "train": train_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
-            "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
+    // Everything the features depend on: a resumed run reuses the
+    // batches an interrupted one finished only when all of it matches.
+    let key = serde_json::json!({
+        "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": size,
+        "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "weights": spec.weights,
+        "train": train_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
+        "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
+    });
+    let store = FeatureStore::open(&spec.out_dir, &key.to_string(), spec.resume)?;
+    let dim = bb.feature_dim();
+    let sync_every = spec.partial_every.map_or(SYNC_EVERY, |p| p.min(SYNC_EVERY));
+    let mut train_views = Vec::with_capacity(views);
+    let mut reused = 0;
+    for v in 0..views {
+        let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
+        let mut rows = store.part(&format!("train-{v}"), train.len(), dim, sync_every)?;
+        reused += rows.finished;
+        extract(&bb, &train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
+        train_views.push(rows);
+    }
+    let mut val_feats = store.part("validation", val.len(), dim, sync_every)?;
+    reused += val_feats.finished;
+    extract(&bb, &val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
+    if reused > 0 {
+        on_event(Event::Message {
+            text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
         });
-        let store = FeatureStore::open(&spec.out_dir, &key.to_string(), spec.resume)?;
-        let dim = bb.feature_dim();
-        let sync_every = spec.partial_every.map_or(SYNC_EVERY, |p| p.min(SYNC_EVERY));
-        let mut train_views = Vec::with_capacity(views);
-        let mut reused = 0;
-        for v in 0..views {
-            let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
-            let mut rows = store.part(&format!("train-{v}"), train.len(), dim, sync_every)?;
-            reused += rows.finished;
-            extract(&bb, &train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
-            train_views.push(rows);
-        }
-        let mut val_feats = store.part("validation", val.len(), dim, sync_every)?;
-        reused += val_feats.finished;
-        extract(&bb, &val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
-        if reused > 0 {
-            on_event(Event::Message {
-                text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
-            });
-        }
-
-        let mut opt = Adam::new(cfg.frozen_lr);
-        let mut best: Option<(f64, usize, Tensor, Tensor, Metrics, Eval)> = None;
-        let mut since_best = 0;
-        for epoch in 1..=cfg.frozen_epochs {
-            check_cancel(cancel)?;
-            let t0 = Instant::now();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
-            let mut order: Vec<usize> = (0..train.len()).collect();
-            order.shuffle(&mut rng);
-            let (mut loss_sum, mut correct) = (0.0, 0usize);
-            for chunk in order.chunks(cfg.batch_size) {
-                let view = if views > 1 { rand::Rng::gen_range(&mut rng, 0..views) } else { 0 };
-                let x = train_views[view].rows(chunk, dev)?;
-                let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
-                let (logits, tape) = head.forward_train(&x, &mut rng)?;
-                let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
-                let (dk, db, _) = head.backward(&tape, &dlogits)?;
-                opt.update([("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)])?;
-                loss_sum += l * chunk.len() as f64;
-                correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
-            }
-            let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-            let ev = evaluate(&head_logits_rows(&head, &val_feats, cfg.batch_size, dev)?, &val.labels, classes.len())?;
-            finite(Stage::Frozen, epoch, &train_m, &ev.metrics, cfg.frozen_lr)?;
-            on_event(Event::Epoch {
-                stage: Stage::Frozen,
-                epoch,
-                epochs: cfg.frozen_epochs,
-                train: train_m,
-                validation: ev.metrics,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
-            if best.as_ref().is_none_or(|b| ev.metrics.loss < b.0) {
-                let (kk, bb_) = (head.kernel.as_tensor().copy()?, head.bias.as_tensor().copy()?);
-                best = Some((ev.metrics.loss, epoch, kk, bb_, train_m, ev));
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if cfg.patience > 0 && since_best >= cfg.patience {
-                    on_event(Event::Message { text: format!("stage 1: early stop after epoch {epoch}") });
-                    break;
-                }
-            }
-        }
-        let Some((_, epoch, kk, bias, train_m, ev)) = best else {
-            return Err(TrainError::Config("stage 1 ran no epoch".into()));
-        };
-        head.kernel.set(&kk)?;
-        head.bias.set(&bias)?;
-        let name = checkpoint::name(Stage::Frozen, epoch);
-        let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
-        checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &[], &meta)?;
-        checkpoint::set_best(&spec.out_dir, &name)?;
-        store.remove()?;
-        on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
-        stage1_best = Some((name, meta));
     }
 
-    // ---- Stage 2: fine-tune everything, BatchNorm statistics frozen ----
+    let mut opt = Adam::new(cfg.frozen_lr);
+    let mut best: Option<(f64, usize, Tensor, Tensor, Metrics, Eval)> = None;
+    let mut since_best = 0;
+    for epoch in 1..=cfg.frozen_epochs {
+        check_cancel(cancel)?;
+        let t0 = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        for chunk in order.chunks(cfg.batch_size) {
+            let view = if views > 1 { rand::Rng::gen_range(&mut rng, 0..views) } else { 0 };
+            let x = train_views[view].rows(chunk, dev)?;
+            let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
+            let (logits, tape) = head.forward_train(&x, &mut rng)?;
+            let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
+            let (dk, db, _) = head.backward(&tape, &dlogits)?;
+            opt.update([("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)])?;
+            loss_sum += l * chunk.len() as f64;
+            correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
+        }
+        let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
+        let ev = evaluate(&head_logits_rows(&head, &val_feats, cfg.batch_size, dev)?, &val.labels, classes.len())?;
+        finite(Stage::Frozen, epoch, &train_m, &ev.metrics, cfg.frozen_lr)?;
+        on_event(Event::Epoch {
+            stage: Stage::Frozen,
+            epoch,
+            epochs: cfg.frozen_epochs,
+            train: train_m,
+            validation: ev.metrics,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        if best.as_ref().is_none_or(|b| ev.metrics.loss < b.0) {
+            let (kk, bb_) = (head.kernel.as_tensor().copy()?, head.bias.as_tensor().copy()?);
+            best = Some((ev.metrics.loss, epoch, kk, bb_, train_m, ev));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if cfg.patience > 0 && since_best >= cfg.patience {
+                on_event(Event::Message { text: format!("stage 1: early stop after epoch {epoch}") });
+                break;
+            }
+        }
+    }
+    let Some((_, epoch, kk, bias, train_m, ev)) = best else {
+        return Err(TrainError::Config("stage 1 ran no epoch".into()));
+    };
+    head.kernel.set(&kk)?;
+    head.bias.set(&bias)?;
+    let name = checkpoint::name(Stage::Frozen, epoch);
+    let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
+    checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &[], &meta)?;
+    checkpoint::set_best(&spec.out_dir, &name)?;
+    store.remove()?;
+    on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
+    Ok((name, meta))
+}
+
+/// Stage 2: every layer trains (BatchNorm statistics stay), from the resume
+/// point, with mid-epoch checkpoints; returns the best stage-2 checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn stage2(
+    r: &Run,
+    bb: &Backbone,
+    head: &Head,
+    (train, val): (&Images, &Images),
+    existing: &[(String, CheckpointMeta)],
+    (partial, resume_from): (Option<(CheckpointMeta, checkpoint::EpochProgress)>, Option<(String, CheckpointMeta)>),
+    stage1_best: &Option<(String, CheckpointMeta)>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<(String, CheckpointMeta)>, TrainError> {
+    let (spec, cfg, dev, size, classes, cancel) = (r.spec, r.cfg, r.dev, r.size, &r.classes, r.cancel);
+    let meta_for = |stage, epoch, train, validation, step, confusion| r.meta(stage, epoch, train, validation, step, confusion);
     let mut stage2_best: Option<(String, CheckpointMeta)> = existing
         .iter()
         .filter(|(_, m)| m.stage == Stage::Finetune)
@@ -571,22 +662,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
             checkpoint::set_best(&spec.out_dir, &best.0)?;
         }
     }
-
-    let (best_name, best_meta) = better(&stage1_best, &stage2_best)
-        .cloned()
-        .ok_or_else(|| TrainError::Checkpoint("the run produced no checkpoint".into()))?;
-    checkpoint::set_best(&spec.out_dir, &best_name)?;
-    Ok(Summary {
-        best_checkpoint: best_name,
-        best_stage: best_meta.stage,
-        classes,
-        validation: best_meta.validation,
-        confusion: best_meta.confusion,
-        train_images: train.len(),
-        validation_images: val.len(),
-        skipped,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(stage2_best)
 }
 
 /// A loss that is NaN or infinite ends the run with a reason a person can act
