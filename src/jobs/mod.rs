@@ -195,17 +195,28 @@ struct StopFlags {
     lost: AtomicBool,
 }
 
+/// A job's event stream as this attempt writes it.
+struct EventLog<'a> {
+    ctx: &'a JobContext,
+    job_id: &'a str,
+    seq: i64,
+}
+
+impl EventLog<'_> {
+    fn emit(&mut self, kind: &str, data: serde_json::Value) {
+        let ctx = self.ctx;
+        if let Err(e) = ctx.runtime.block_on(ctx.db.insert_event(self.job_id, self.seq, kind, &data.to_string())) {
+            warn!(error = %e, "could not store a job event");
+        }
+        self.seq += 1;
+        ctx.events.notify_waiters();
+    }
+}
+
 fn run_job(ctx: &JobContext, job: JobRow) {
     info!(attempt = job.attempts, resume = job.resume != 0, "job started");
     let rt = &ctx.runtime;
-    let emit = |seq: &mut i64, kind: &str, data: serde_json::Value| {
-        if let Err(e) = rt.block_on(ctx.db.insert_event(&job.id, *seq, kind, &data.to_string())) {
-            warn!(error = %e, "could not store a job event");
-        }
-        *seq += 1;
-        ctx.events.notify_waiters();
-    };
-    let mut seq = match rt.block_on(ctx.db.next_event_seq(&job.id)) {
+    let seq = match rt.block_on(ctx.db.next_event_seq(&job.id)) {
         Ok(s) => s,
         Err(e) => {
             // Leave it claimed: the next start of this instance requeues it.
@@ -213,17 +224,12 @@ fn run_job(ctx: &JobContext, job: JobRow) {
             return;
         }
     };
-    emit(&mut seq, "status", json!({"type": "status", "status": status::RUNNING, "attempt": job.attempts}));
-
+    let mut log = EventLog { ctx, job_id: &job.id, seq };
+    log.emit("status", json!({"type": "status", "status": status::RUNNING, "attempt": job.attempts}));
     let spec = match rt.block_on(prepare(ctx, &job)) {
         Ok(s) => s,
-        Err(msg) => {
-            finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit);
-            return;
-        }
+        Err(msg) => return finish(ctx, &job, &mut log, status::FAILED, Some(&msg), None),
     };
-    let train_images = train_count(&spec.manifest, &spec.config);
-    let finetune_epochs = spec.config.finetune_epochs;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let flags = Arc::new(StopFlags::default());
@@ -237,14 +243,71 @@ fn run_job(ctx: &JobContext, job: JobRow) {
         flags.clone(),
         Duration::from_secs(ctx.cfg.shutdown_grace_secs),
     ));
-
-    let progress_every = ctx.cfg.progress_every.max(1);
     let job_dir = ctx.artifacts.job_dir(&job.id);
-    // Checkpoints already in the shared store (from an earlier attempt or this one).
-    let mut published: HashSet<String> = checkpoint::list(&job_dir)
-        .map(|l| l.into_iter().map(|(n, _)| n).collect())
-        .unwrap_or_default();
-    let mut on_event = |ev: Event| {
+    let mut sink = Sink {
+        ctx,
+        job: &job,
+        job_dir: &job_dir,
+        // Checkpoints already in the shared store (from an earlier attempt or this one).
+        published: checkpoint::list(&job_dir).map(|l| l.into_iter().map(|(n, _)| n).collect()).unwrap_or_default(),
+        train_images: train_count(&spec.manifest, &spec.config),
+        finetune_epochs: spec.config.finetune_epochs,
+        flags: &flags,
+        cancel: &cancel,
+        log,
+    };
+    let started = Instant::now();
+    let result = train_guarded(ctx, spec, &mut |ev| sink.on_event(ev), &cancel);
+    hb_stop.cancel();
+    let _ = rt.block_on(hb);
+    metrics::histogram!("tuneserve_job_seconds").record(started.elapsed().as_secs_f64());
+    if flags.lost.load(Ordering::Acquire) {
+        warn!("another worker took this job over (this one missed its heartbeats); stopped without touching it");
+        return;
+    }
+    conclude(ctx, &job, sink, result);
+}
+
+/// Runs the recipe on the training pool. A panic in training fails the job
+/// instead of killing the worker and leaving the job `running` forever.
+/// Err(None): cancelled (by the user or a shutdown); Err(Some): why it failed.
+fn train_guarded(
+    ctx: &JobContext,
+    spec: RunSpec,
+    on_event: &mut (dyn FnMut(Event) + Send),
+    cancel: &AtomicBool,
+) -> Result<train::Summary, Option<String>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.train_pool.install(|| train::run(spec, &mut *on_event, cancel))
+    })) {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(TrainError::Cancelled)) => Err(None),
+        Ok(Err(e)) => Err(Some(e.to_string())),
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(Some(format!("training panicked: {}", msg.unwrap_or_default())))
+        }
+    }
+}
+
+/// Where a running job's training events go: the database (progress,
+/// metrics, events), the artifact store (checkpoints) and the models table
+/// (stage 1's model).
+struct Sink<'a> {
+    ctx: &'a JobContext,
+    job: &'a JobRow,
+    job_dir: &'a std::path::Path,
+    published: HashSet<String>,
+    train_images: usize,
+    finetune_epochs: usize,
+    flags: &'a StopFlags,
+    cancel: &'a AtomicBool,
+    log: EventLog<'a>,
+}
+
+impl Sink<'_> {
+    fn on_event(&mut self, ev: Event) {
+        let (ctx, rt) = (self.ctx, &self.ctx.runtime);
         let data = match serde_json::to_value(&ev) {
             Ok(v) => v,
             Err(e) => {
@@ -254,10 +317,10 @@ fn run_job(ctx: &JobContext, job: JobRow) {
         };
         match &ev {
             Event::Progress { stage, epoch, epochs, step, steps, .. } => {
-                if step % progress_every != 0 && step != steps {
+                if step % ctx.cfg.progress_every.max(1) != 0 && step != steps {
                     return;
                 }
-                let r = rt.block_on(ctx.db.set_job_progress(&job.id, &stage_str(*stage), *epoch as i64,
+                let r = rt.block_on(ctx.db.set_job_progress(&self.job.id, &stage_str(*stage), *epoch as i64,
                     *epochs as i64, *step as i64, *steps as i64));
                 if let Err(e) = r {
                     warn!(error = %e, "could not store progress");
@@ -265,67 +328,54 @@ fn run_job(ctx: &JobContext, job: JobRow) {
             }
             Event::Epoch { stage, epoch, epochs, train, validation, .. } => {
                 info!(stage = %stage_str(*stage), epoch, loss = validation.loss, accuracy = validation.accuracy, "epoch done");
-                metrics::counter!("tuneserve_train_images_total", "stage" => stage_str(*stage)).increment(train_images as u64);
-                let r = rt.block_on(ctx.db.set_job_metrics(&job.id, &stage_str(*stage), *epoch as i64,
+                metrics::counter!("tuneserve_train_images_total", "stage" => stage_str(*stage)).increment(self.train_images as u64);
+                let r = rt.block_on(ctx.db.set_job_metrics(&self.job.id, &stage_str(*stage), *epoch as i64,
                     *epochs as i64, &json!(train).to_string(), &json!(validation).to_string()));
                 if let Err(e) = r {
                     warn!(error = %e, "could not store epoch metrics");
                 }
             }
-            Event::Checkpoint { name, stage, .. } => {
-                // Shared first, then recorded: what the database lists, every process can fetch.
-                match rt.block_on(ctx.artifacts.publish_checkpoint(&job.id, name)) {
-                    Ok(()) => {
-                        published.insert(name.clone());
-                        match rt.block_on(sync_checkpoints(ctx, &job.id, &job_dir, &published)) {
-                            Err(e) => warn!(error = %e, checkpoint = %name, "could not record the checkpoints"),
-                            // Stage 1's model answers predictions while stage 2 runs.
-                            Ok(()) if *stage == Stage::Frozen && finetune_epochs > 0 => {
-                                rt.block_on(publish_stage1(ctx, &job, &job_dir, name));
-                            }
-                            Ok(()) => {}
-                        }
-                    }
-                    // Not fatal: the run goes on, and a resume starts from an older checkpoint.
-                    Err(e) => warn!(error = %e, checkpoint = %name, "could not publish the checkpoint"),
-                }
-                // A shutdown waits for this moment: the epoch's work is safe on disk.
-                if flags.shutdown.load(Ordering::Acquire) {
-                    cancel.store(true, Ordering::Release);
-                }
-            }
+            Event::Checkpoint { name, stage, .. } => self.on_checkpoint(name, *stage),
             Event::Message { .. } => {}
         }
         let kind = data.get("type").and_then(|t| t.as_str()).unwrap_or("message").to_string();
-        emit(&mut seq, &kind, data);
-    };
-
-    let started = Instant::now();
-    // A panic in training must fail the job, not kill the worker and leave
-    // the job `running` forever.
-    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ctx.train_pool.install(|| train::run(spec, &mut on_event, &cancel))
-    })) {
-        Ok(Ok(summary)) => Ok(summary),
-        Ok(Err(TrainError::Cancelled)) => Err(None),
-        Ok(Err(e)) => Err(Some(e.to_string())),
-        Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-            Err(Some(format!("training panicked: {}", msg.unwrap_or_default())))
-        }
-    };
-    hb_stop.cancel();
-    let _ = rt.block_on(hb);
-    metrics::histogram!("tuneserve_job_seconds").record(started.elapsed().as_secs_f64());
-
-    if flags.lost.load(Ordering::Acquire) {
-        warn!("another worker took this job over (this one missed its heartbeats); stopped without touching it");
-        return;
+        self.log.emit(&kind, data);
     }
+
+    fn on_checkpoint(&mut self, name: &str, stage: Stage) {
+        let (ctx, rt, job_id) = (self.ctx, &self.ctx.runtime, &self.job.id);
+        // Shared first, then recorded: what the database lists, every process can fetch.
+        match rt.block_on(ctx.artifacts.publish_checkpoint(job_id, name)) {
+            Ok(()) => {
+                self.published.insert(name.to_string());
+                match rt.block_on(sync_checkpoints(ctx, job_id, self.job_dir, &self.published)) {
+                    Err(e) => warn!(error = %e, checkpoint = %name, "could not record the checkpoints"),
+                    // Stage 1's model answers predictions while stage 2 runs.
+                    Ok(()) if stage == Stage::Frozen && self.finetune_epochs > 0 => {
+                        rt.block_on(publish_stage1(ctx, self.job, self.job_dir, name));
+                    }
+                    Ok(()) => {}
+                }
+            }
+            // Not fatal: the run goes on, and a resume starts from an older checkpoint.
+            Err(e) => warn!(error = %e, checkpoint = %name, "could not publish the checkpoint"),
+        }
+        // A shutdown waits for this moment: the epoch's work is safe on disk.
+        if self.flags.shutdown.load(Ordering::Acquire) {
+            self.cancel.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Ends the attempt after training: publish the model, or record the
+/// failure or cancellation, or hand the job back for a shutdown.
+fn conclude(ctx: &JobContext, job: &JobRow, mut sink: Sink, result: Result<train::Summary, Option<String>>) {
+    let rt = &ctx.runtime;
+    let flags = sink.flags;
     match result {
-        Ok(summary) => match rt.block_on(model_for(ctx, &job, &job_dir, &summary, &mut published)) {
+        Ok(summary) => match rt.block_on(model_for(ctx, job, sink.job_dir, &summary, &mut sink.published)) {
             Ok((model, result)) => {
-                emit(&mut seq, "status", json!({"type": "status", "status": status::SUCCEEDED,
+                sink.log.emit("status", json!({"type": "status", "status": status::SUCCEEDED,
                     "model_id": model.id, "checkpoint": summary.best_checkpoint, "validation": summary.validation}));
                 match rt.block_on(ctx.db.publish_model(&model, &ctx.instance, &result)) {
                     Ok(true) => {
@@ -338,39 +388,28 @@ fn run_job(ctx: &JobContext, job: JobRow) {
                     Err(e) => warn!(error = %e, "could not publish the model; the job will be resumed"),
                 }
             }
-            Err(msg) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
+            Err(msg) => finish(ctx, job, &mut sink.log, status::FAILED, Some(&msg), None),
         },
-        // Err(None): cancelled, by the user or by a shutdown.
-        Err(None) if flags.user.load(Ordering::Acquire) => {
-            finish(ctx, &job, &mut seq, status::CANCELLED, None, None, emit);
-        }
+        Err(None) if flags.user.load(Ordering::Acquire) => finish(ctx, job, &mut sink.log, status::CANCELLED, None, None),
         Err(None) => {
             info!("job handed back to the queue for shutdown; it resumes from its last checkpoint");
-            emit(&mut seq, "status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
+            sink.log.emit("status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
             if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.instance)) {
                 warn!(error = %e, "could not requeue the job; the next start will");
             }
         }
-        Err(Some(msg)) => finish(ctx, &job, &mut seq, status::FAILED, Some(&msg), None, emit),
+        Err(Some(msg)) => finish(ctx, job, &mut sink.log, status::FAILED, Some(&msg), None),
     }
 }
 
 /// Stores the terminal event first, then the status, so that a stream that
 /// sees a finished job has already seen its last event.
-fn finish(
-    ctx: &JobContext,
-    job: &JobRow,
-    seq: &mut i64,
-    st: &str,
-    err: Option<&str>,
-    result: Option<&str>,
-    emit: impl Fn(&mut i64, &str, serde_json::Value),
-) {
+fn finish(ctx: &JobContext, job: &JobRow, log: &mut EventLog, st: &str, err: Option<&str>, result: Option<&str>) {
     match err {
         Some(e) => warn!(status = st, error = e, "job ended"),
         None => info!(status = st, "job ended"),
     }
-    emit(seq, "status", json!({"type": "status", "status": st, "error": err}));
+    log.emit("status", json!({"type": "status", "status": st, "error": err}));
     metrics::counter!("tuneserve_jobs_finished_total", "status" => st.to_string()).increment(1);
     match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.instance, st, err, result)) {
         Ok(true) => {}
