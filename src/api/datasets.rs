@@ -12,7 +12,7 @@ use axum::Json;
 use super::body::{body_chunks, check_declared_length, check_id, media_type, not_found, stream_to_file};
 use super::types::{ClassCount, Dataset, DatasetList, PageQuery, UploadQuery};
 use super::{page_limit, SharedState};
-use crate::data::dataset::Split;
+use crate::data::dataset::{DatasetManifest, Split};
 use crate::data::ingest::{self, IngestLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::data::folder;
@@ -92,13 +92,24 @@ pub async fn create(
     let mut staging = Staging { dir: st.artifacts.staging_dir().join(&id), keep: false };
     tokio::fs::create_dir_all(&staging.dir).await?;
     let archive = staging.dir.join("upload");
+    let (bytes, file_name) = receive(req, &archive, limit).await?;
+    let name = q.name.or(file_name).unwrap_or_else(|| "dataset".into());
+    let name = if check_name(&name).is_ok() { name } else { name_from_file(&name) };
+    let manifest = extract(&st, &staging.dir, &archive).await?;
+    tracing::info!(dataset_id = %id, classes = manifest.classes.len(), images = manifest.samples.len(),
+        rejected = manifest.rejected.len(), "dataset ingested");
+    let row = register(&st, &id, &mut staging, name, bytes, manifest).await?;
+    metrics::counter!("tuneserve_datasets_created_total").increment(1);
+    Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true)?)))
+}
 
+/// The uploaded archive (multipart file field or raw body) into `archive`:
+/// its size and the file name the client gave.
+async fn receive(req: Request, archive: &Path, limit: u64) -> ApiResult<(u64, Option<String>)> {
     let mt = media_type(req.headers());
     let (bytes, file_name) = match mt.as_deref() {
-        Some("multipart/form-data") => receive_multipart(req, &archive, limit).await?,
-        Some(t) if ARCHIVE_TYPES.contains(&t) => {
-            (write_stream(body_chunks(req.into_body()), &archive, limit).await?, None)
-        }
+        Some("multipart/form-data") => receive_multipart(req, archive, limit).await?,
+        Some(t) if ARCHIVE_TYPES.contains(&t) => (write_stream(body_chunks(req.into_body()), archive, limit).await?, None),
         other => {
             return Err(ApiError::unsupported_media(format!(
                 "upload the archive as multipart/form-data or with Content-Type application/zip, application/x-tar \
@@ -110,39 +121,47 @@ pub async fn create(
     if bytes == 0 {
         return Err(ApiError::bad_request("empty_upload", "the uploaded archive is empty (0 bytes)"));
     }
-    let name = q.name.or(file_name).unwrap_or_else(|| "dataset".into());
-    let name = if check_name(&name).is_ok() { name } else { name_from_file(&name) };
+    Ok((bytes, file_name))
+}
 
+/// Checks and extracts the archive into the staging folder's files (off the
+/// runtime), then deletes it. A client that goes away drops the handler, and
+/// with it the extraction: it stops at its next entry and removes what it wrote.
+async fn extract(st: &SharedState, staging: &Path, archive: &Path) -> ApiResult<DatasetManifest> {
     let limits = IngestLimits {
         max_entries: st.cfg.max_archive_entries,
         max_uncompressed_bytes: st.cfg.max_uncompressed_bytes,
         max_file_bytes: MAX_FILE_BYTES,
         image: st.cfg.decode_limits(),
     };
-    let files = folder::files_dir(&staging.dir);
-    let started = std::time::Instant::now();
-    // A client that goes away drops this handler, and with it `abandon`: the
-    // extraction stops at its next entry and removes what it wrote.
     let cancel = Arc::new(AtomicBool::new(false));
     let abandon = SetOnDrop(cancel.clone());
-    let manifest = {
-        let (archive, files, dir) = (archive.clone(), files.clone(), staging.dir.clone());
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&files)?;
-            let m = ingest::ingest(&archive, &files, &limits, &cancel);
-            // The archive is not needed once extracted, whatever happened.
-            let _ = std::fs::remove_file(&archive);
-            if cancel.load(Ordering::Acquire) {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            m
-        })
-        .await??
-    };
+    let (archive, files, dir) = (archive.to_path_buf(), folder::files_dir(staging), staging.to_path_buf());
+    let manifest = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&files)?;
+        let m = ingest::ingest(&archive, &files, &limits, &cancel);
+        // The archive is not needed once extracted, whatever happened.
+        let _ = std::fs::remove_file(&archive);
+        if cancel.load(Ordering::Acquire) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        m
+    })
+    .await??;
     std::mem::forget(abandon);
-    tracing::info!(dataset_id = %id, classes = manifest.classes.len(), images = manifest.samples.len(),
-        rejected = manifest.rejected.len(), seconds = started.elapsed().as_secs_f64(), "dataset ingested");
+    Ok(manifest)
+}
 
+/// Writes the manifest, moves the staged dataset into place, shares it and
+/// lists it in the database; a failure after the move removes it again.
+async fn register(
+    st: &SharedState,
+    id: &str,
+    staging: &mut Staging,
+    name: String,
+    archive_bytes: u64,
+    manifest: DatasetManifest,
+) -> ApiResult<DatasetRow> {
     let counts: Vec<ClassCount> = (0..manifest.classes.len())
         .map(|c| ClassCount {
             class: manifest.classes[c].clone(),
@@ -157,15 +176,13 @@ pub async fn create(
         })
         .await??
     };
-    let dest = st.artifacts.dataset_dir(&id);
-    tokio::fs::rename(&staging.dir, &dest).await?;
+    tokio::fs::rename(&staging.dir, st.artifacts.dataset_dir(id)).await?;
     staging.keep = true;
-
     let row = DatasetRow {
-        id: id.clone(),
+        id: id.to_string(),
         name,
         created_at: now_ms(),
-        archive_bytes: bytes as i64,
+        archive_bytes: archive_bytes as i64,
         classes: serde_json::to_string(&manifest.classes)?,
         counts: serde_json::to_string(&counts)?,
         rejected: serde_json::to_string(&manifest.rejected)?,
@@ -173,16 +190,15 @@ pub async fn create(
         files_bytes: files_bytes as i64,
     };
     // Shared before it is listed: any worker can then fetch what a job names.
-    let published = match st.artifacts.publish_dataset(&id).await {
+    let published = match st.artifacts.publish_dataset(id).await {
         Ok(()) => st.db.insert_dataset(&row).await.map_err(ApiError::from),
         Err(e) => Err(e.into()),
     };
     if let Err(e) = published {
-        let _ = st.artifacts.remove_dataset(&id).await;
+        let _ = st.artifacts.remove_dataset(id).await;
         return Err(e);
     }
-    metrics::counter!("tuneserve_datasets_created_total").increment(1);
-    Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true)?)))
+    Ok(row)
 }
 
 async fn write_stream(
