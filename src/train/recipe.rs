@@ -343,8 +343,8 @@ fn load_images(
             format!("pixel cache reused: {n} images at {size}x{size}, no decoding")
         },
     });
-    let (train, mut skipped) = Images::from_cache(&cache, &train_s);
-    let (val, skipped_val) = Images::from_cache(&cache, &val_s);
+    let (train, mut skipped) = Images::from_cache(&cache, train_s);
+    let (val, skipped_val) = Images::from_cache(&cache, val_s);
     skipped.extend(skipped_val);
     for r in &skipped {
         on_event(Event::Message { text: format!("skipped {}: {}", r.path, r.reason) });
@@ -525,6 +525,51 @@ fn stage1(
     Ok((name, meta))
 }
 
+/// One stage-2 step on batch `x`: forward through base and head, backward,
+/// Adam on every trainable tensor. Returns the batch's mean loss and how many
+/// it got right.
+fn finetune_step(
+    bb: &Backbone,
+    head: &Head,
+    opt: &mut Adam,
+    x: Tensor,
+    labels: &[u32],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(f64, usize), TrainError> {
+    let (feats, tape) = bb.forward_train_planar(x)?;
+    let feats = feats.detach();
+    let (logits, htape) = head.forward_train(&feats, rng)?;
+    let (l, dlogits) = loss::loss_and_grad(&logits, labels)?;
+    let (dk, db, dfeat) = head.backward(&htape, &dlogits)?;
+    let grads = bb.backward(tape, &dfeat)?;
+    let mut updates: Vec<(&str, &candle_core::Var, &Tensor)> =
+        vec![("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)];
+    for (i, p) in bb.net.trainable() {
+        if let Some(g) = &grads.0[i] {
+            updates.push((p.name.as_str(), &p.var, g));
+        }
+    }
+    opt.update(updates)?;
+    let right = loss::predicted(&logits)?.iter().zip(labels).filter(|(p, y)| p == y).count();
+    Ok((l, right))
+}
+
+/// The mid-epoch checkpoint: weights, Adam state, and how far the epoch got.
+fn save_partial(
+    r: &Run,
+    bb: &Backbone,
+    head: &Head,
+    opt: &Adam,
+    train_len: usize,
+    progress: checkpoint::EpochProgress,
+) -> Result<(), TrainError> {
+    let seen = (progress.steps_done * r.cfg.batch_size).min(train_len) as f64;
+    let so_far = Metrics { loss: progress.loss_sum / seen, accuracy: progress.correct as f64 / seen };
+    let meta = r.meta(Stage::Finetune, progress.epoch, so_far, so_far, opt.step, Vec::new());
+    checkpoint::save_partial(&r.spec.out_dir, &checkpoint::model_tensors(bb, head)?, &opt.state(), &meta, &progress)?;
+    Ok(())
+}
+
 /// Stage 2: every layer trains (BatchNorm statistics stay), from the resume
 /// point, with mid-epoch checkpoints; returns the best stage-2 checkpoint.
 #[allow(clippy::too_many_arguments)]
@@ -599,22 +644,9 @@ fn stage2(
             let step_started = Instant::now();
             let (mut rng, _) = step_rng(epoch_seed, step);
             let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
-            let (feats, tape) = bb.forward_train_planar(x)?;
-            let feats = feats.detach();
-            let (logits, htape) = head.forward_train(&feats, &mut rng)?;
-            let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
-            let (dk, db, dfeat) = head.backward(&htape, &dlogits)?;
-            let grads = bb.backward(tape, &dfeat)?;
-            let mut updates: Vec<(&str, &candle_core::Var, &Tensor)> =
-                vec![("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)];
-            for (i, p) in bb.net.trainable() {
-                if let Some(g) = &grads.0[i] {
-                    updates.push((p.name.as_str(), &p.var, g));
-                }
-            }
-            opt.update(updates)?;
+            let (l, right) = finetune_step(bb, head, &mut opt, x, &labels, &mut rng)?;
             loss_sum += l * chunk.len() as f64;
-            correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            correct += right;
             metrics::histogram!("tuneserve_train_step_seconds", "stage" => "finetune").record(step_started.elapsed().as_secs_f64());
             if (step + 1) % progress_every == 0 || step + 1 == steps {
                 // This epoch's pace (from where it started or resumed), for all
@@ -624,11 +656,8 @@ fn stage2(
                 on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps, eta_s });
             }
             if spec.partial_every.is_some_and(|every| last_partial.elapsed() >= every) && step + 1 < steps {
-                let seen = ((step + 1) * cfg.batch_size).min(train.len()) as f64;
-                let so_far = Metrics { loss: loss_sum / seen, accuracy: correct as f64 / seen };
-                let meta = meta_for(Stage::Finetune, epoch, so_far, so_far, opt.step, Vec::new());
                 let progress = checkpoint::EpochProgress { epoch, steps_done: step + 1, loss_sum, correct };
-                checkpoint::save_partial(&spec.out_dir, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta, &progress)?;
+                save_partial(r, bb, head, &opt, train.len(), progress)?;
                 last_partial = Instant::now();
             }
             Ok(())
