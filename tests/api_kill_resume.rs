@@ -42,6 +42,19 @@ async fn job(c: &reqwest::Client, base: &str, id: &str) -> Value {
     c.get(format!("{base}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap()
 }
 
+/// The job once it has ended (succeeded, failed or cancelled).
+async fn wait_ended(c: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let j = job(c, base, id).await;
+        if matches!(j["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return j;
+        }
+        assert!(t0.elapsed() < timeout, "the resumed job did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every checkpoint directory (not the hidden temp ones) has parseable files.
 fn assert_checkpoints_complete(job_dir: &std::path::Path) -> usize {
     let mut n = 0;
@@ -110,15 +123,7 @@ async fn kill_during_stage_two(db: Db) {
     let base = format!("http://127.0.0.1:{port}");
     let _child = spawn(dir.path(), port, &url);
     wait_up(&c, &base).await;
-    let t0 = Instant::now();
-    let j = loop {
-        let j = job(&c, &base, &id).await;
-        if matches!(j["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(600), "the resumed job did not finish: {j}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let j = wait_ended(&c, &base, &id, Duration::from_secs(600)).await;
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], json!(2), "{j}");
     let after = assert_checkpoints_complete(&dir.path().join("jobs").join(&id));
@@ -192,15 +197,7 @@ async fn sigkill_inside_an_epoch_resumes_at_the_next_batch() {
     let base = format!("http://127.0.0.1:{port}");
     let _child = spawn_with(dir.path(), port, &url, &every);
     wait_up(&c, &base).await;
-    let t0 = Instant::now();
-    let j = loop {
-        let j = job(&c, &base, &id).await;
-        if matches!(j["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(300), "the resumed job did not finish: {j}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let j = wait_ended(&c, &base, &id, Duration::from_secs(300)).await;
     assert_eq!(j["status"], "succeeded", "{j}");
     let ev: Value = c.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();
     let ev = ev["data"].as_array().unwrap();
