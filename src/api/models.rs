@@ -11,7 +11,7 @@ use super::body::{check_id, not_found, ApiPath, ApiQuery};
 use super::types::{Checkpoint, Model, ModelList, PageQuery};
 use super::{page_limit, SharedState};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::train::checkpoint::{META_FILE, MODEL_FILE};
+use crate::model::checkpoint::{META_FILE, MODEL_FILE};
 
 /// List published models, newest first.
 #[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models", params(PageQuery),

@@ -35,10 +35,10 @@ struct Line<'a> {
 
 /// A checkpoint dir, or an output dir whose best.json names one.
 pub fn resolve_checkpoint(p: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if p.join(crate::train::checkpoint::META_FILE).exists() {
+    if crate::model::checkpoint::is_checkpoint(p) {
         return Ok(p.to_path_buf());
     }
-    match crate::train::checkpoint::best(p)? {
+    match crate::model::checkpoint::best(p)? {
         Some(name) => Ok(p.join(name)),
         None => anyhow::bail!("{} is neither a checkpoint nor a training output folder", p.display()),
     }

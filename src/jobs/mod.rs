@@ -551,7 +551,7 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
     let out_dir: PathBuf =
         ctx.artifacts.fetch_job(&job.id).await.map_err(|e| format!("fetching the job's checkpoints: {e}"))?;
     // Resume whenever an earlier attempt left checkpoints, crash or not.
-    let resume = job.resume != 0 || checkpoint::best(&out_dir).ok().flatten().is_some()
+    let resume = job.resume != 0 || crate::model::checkpoint::best(&out_dir).ok().flatten().is_some()
         || checkpoint::list(&out_dir).map(|l| !l.is_empty()).unwrap_or(false);
     Ok(RunSpec {
         config,

@@ -1,6 +1,7 @@
 //! Backbones (Xception, MobileNetV2), the classification head, and weight import.
 
 pub mod backbone;
+pub mod checkpoint;
 pub mod head;
 pub mod mobilenet_v2;
 pub mod net;

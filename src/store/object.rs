@@ -16,7 +16,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use tokio::io::AsyncWriteExt;
 
 use super::artifacts::{ArtifactError, ArtifactStore, LocalArtifacts};
-use crate::train::checkpoint::{META_FILE, MODEL_FILE, OPTIMIZER_FILE};
+use crate::model::checkpoint::{META_FILE, MODEL_FILE, OPTIMIZER_FILE};
 
 /// Files above this are uploaded in parts of this size.
 const PART_BYTES: usize = 16 << 20;

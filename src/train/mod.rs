@@ -128,6 +128,8 @@ pub enum TrainError {
     Data(String),
     #[error("checkpoint problem: {0}")]
     Checkpoint(String),
+    #[error(transparent)]
+    CheckpointFiles(#[from] crate::model::checkpoint::CheckpointError),
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
     #[error("i/o error: {0}")]

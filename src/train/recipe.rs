@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
 use super::augment::Augment;
-use super::checkpoint::{self, CheckpointMeta};
+use super::checkpoint::{self, CheckpointMeta, Partial};
+use crate::model::checkpoint as files;
 use super::features::{FeatureRows, FeatureStore, SYNC_EVERY};
 use super::loss;
 use super::{Event, Metrics, Stage, TrainConfig, TrainError};
@@ -259,7 +260,7 @@ pub fn run(spec: RunSpec, on_event: &mut dyn FnMut(Event), cancel: &AtomicBool) 
     let (best_name, best_meta) = better(&stage1_best, &stage2_best)
         .cloned()
         .ok_or_else(|| TrainError::Checkpoint("the run produced no checkpoint".into()))?;
-    checkpoint::set_best(&spec.out_dir, &best_name)?;
+    files::set_best(&spec.out_dir, &best_name)?;
     Ok(Summary {
         best_checkpoint: best_name,
         best_stage: best_meta.stage,
@@ -306,7 +307,7 @@ impl Run<'_> {
 struct Start {
     existing: Vec<(String, CheckpointMeta)>,
     resume_from: Option<(String, CheckpointMeta)>,
-    partial: Option<(CheckpointMeta, checkpoint::EpochProgress)>,
+    partial: Option<Partial>,
     bb: Backbone,
     head: Head,
 }
@@ -375,18 +376,18 @@ fn restore(r: &Run, on_event: &mut dyn FnMut(Event)) -> Result<Start, TrainError
     // one: the run continues from inside that epoch.
     let last_finetune = existing.iter().filter(|(_, m)| m.stage == Stage::Finetune).map(|(_, m)| m.epoch).max().unwrap_or(0);
     let partial = match spec.resume {
-        true => checkpoint::read_partial(&spec.out_dir)?.filter(|(m, p)| {
+        true => checkpoint::read_partial(&spec.out_dir)?.filter(|(_, m, p)| {
             m.stage == Stage::Finetune && p.epoch == last_finetune + 1 && m.classes == *classes && m.backbone == cfg.backbone
         }),
         false => None,
     };
     if partial.is_none() {
-        checkpoint::remove_partial(&spec.out_dir)?;
+        files::remove_partial(&spec.out_dir)?;
     }
 
     let (bb, head) = match (&partial, &resume_from) {
-        (Some((_, p)), _) => {
-            let t = checkpoint::load_tensors(&spec.out_dir.join(checkpoint::PARTIAL), checkpoint::MODEL_FILE, dev)?;
+        (Some((dir, _, p)), _) => {
+            let t = files::load_tensors(dir, files::MODEL_FILE, dev)?;
             on_event(Event::Message {
                 text: format!("resuming stage 2 inside epoch {} after {} batches (mid-epoch checkpoint)", p.epoch, p.steps_done),
             });
@@ -396,7 +397,7 @@ fn restore(r: &Run, on_event: &mut dyn FnMut(Event)) -> Result<Start, TrainError
             if meta.classes != *classes || meta.backbone != cfg.backbone {
                 return Err(TrainError::Checkpoint(format!("checkpoint {name} was made for other classes or another backbone")));
             }
-            let t = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::MODEL_FILE, dev)?;
+            let t = files::load_tensors(&spec.out_dir.join(name), files::MODEL_FILE, dev)?;
             on_event(Event::Message { text: format!("resuming from checkpoint {name}") });
             build_from(&t, cfg, spec.variant, dev)?
         }
@@ -518,8 +519,8 @@ fn stage1(
     head.bias.set(&bias)?;
     let name = checkpoint::name(Stage::Frozen, epoch);
     let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
-    checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &[], &meta)?;
-    checkpoint::set_best(&spec.out_dir, &name)?;
+    files::save(&spec.out_dir, &name, &files::model_tensors(&bb, &head)?, &[], &meta)?;
+    files::set_best(&spec.out_dir, &name)?;
     store.remove()?;
     on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
     Ok((name, meta))
@@ -566,7 +567,7 @@ fn save_partial(
     let seen = (progress.steps_done * r.cfg.batch_size).min(train_len) as f64;
     let so_far = Metrics { loss: progress.loss_sum / seen, accuracy: progress.correct as f64 / seen };
     let meta = r.meta(Stage::Finetune, progress.epoch, so_far, so_far, opt.step, Vec::new());
-    checkpoint::save_partial(&r.spec.out_dir, &checkpoint::model_tensors(bb, head)?, &opt.state(), &meta, &progress)?;
+    files::save_partial(&r.spec.out_dir, &files::model_tensors(bb, head)?, &opt.state(), &meta, &progress)?;
     Ok(())
 }
 
@@ -579,7 +580,7 @@ fn stage2(
     head: &Head,
     (train, val): (&Images, &Images),
     existing: &[(String, CheckpointMeta)],
-    (partial, resume_from): (Option<(CheckpointMeta, checkpoint::EpochProgress)>, Option<(String, CheckpointMeta)>),
+    (partial, resume_from): (Option<Partial>, Option<(String, CheckpointMeta)>),
     stage1_best: &Option<(String, CheckpointMeta)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Option<(String, CheckpointMeta)>, TrainError> {
@@ -591,17 +592,17 @@ fn stage2(
         .min_by(|a, b| a.1.validation.loss.total_cmp(&b.1.validation.loss))
         .cloned();
     let (start_epoch, mut opt) = match (&partial, &resume_from) {
-        (Some((m, p)), _) => {
-            let state = checkpoint::load_tensors(&spec.out_dir.join(checkpoint::PARTIAL), checkpoint::OPTIMIZER_FILE, dev)?;
+        (Some((dir, m, p)), _) => {
+            let state = files::load_tensors(dir, files::OPTIMIZER_FILE, dev)?;
             (p.epoch, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
         }
         (None, Some((name, m))) if m.stage == Stage::Finetune => {
-            let state = checkpoint::load_tensors(&spec.out_dir.join(name), checkpoint::OPTIMIZER_FILE, dev)?;
+            let state = files::load_tensors(&spec.out_dir.join(name), files::OPTIMIZER_FILE, dev)?;
             (m.epoch + 1, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
         }
         _ => (1, Adam::new(cfg.finetune_lr)),
     };
-    let mut inside = partial.map(|(_, p)| p);
+    let mut inside = partial.map(|(_, _, p)| p);
     let mut last_partial = Instant::now();
     let mut since_best = stage2_best
         .as_ref()
@@ -675,8 +676,8 @@ fn stage2(
         });
         let name = checkpoint::name(Stage::Finetune, epoch);
         let meta = meta_for(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
-        checkpoint::save(&spec.out_dir, &name, &checkpoint::model_tensors(&bb, &head)?, &opt.state(), &meta)?;
-        checkpoint::remove_partial(&spec.out_dir)?;
+        files::save(&spec.out_dir, &name, &files::model_tensors(&bb, &head)?, &opt.state(), &meta)?;
+        files::remove_partial(&spec.out_dir)?;
         on_event(Event::Checkpoint { stage: Stage::Finetune, epoch, name: name.clone(), validation: meta.validation });
         let improved = stage2_best.as_ref().is_none_or(|(_, b)| meta.validation.loss < b.validation.loss);
         if improved {
@@ -688,7 +689,7 @@ fn stage2(
         // Keep the best and the newest stage-2 checkpoints only (each holds Adam state too).
         prune(&spec.out_dir, &[stage1_best.as_ref().map(|b| b.0.clone()), stage2_best.as_ref().map(|b| b.0.clone()), Some(name)])?;
         if let Some(best) = better(&stage1_best, &stage2_best) {
-            checkpoint::set_best(&spec.out_dir, &best.0)?;
+            files::set_best(&spec.out_dir, &best.0)?;
         }
     }
     Ok(stage2_best)
