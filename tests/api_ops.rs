@@ -192,7 +192,8 @@ async fn claims_are_exclusive(db: Db) {
     let url = database_url(db, dir.path()).await;
     let store = tuneserve::store::Db::connect(&url).await.unwrap();
     for i in 0..6 {
-        store.insert_job(&format!("00000000-0000-0000-0000-00000000000{i}"), "d", "tiny", "{}").await.unwrap();
+        let config = tuneserve::train::TrainConfig::default();
+        store.insert_job(&format!("00000000-0000-0000-0000-00000000000{i}"), "d", tuneserve::model::Variant::Tiny, &config).await.unwrap();
     }
     let mut tasks = Vec::new();
     for w in 0..12 {

@@ -10,13 +10,14 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::body::{body_chunks, check_declared_length, check_id, media_type, not_found, stream_to_file};
-use super::types::{ClassCount, Dataset, DatasetList, PageQuery, UploadQuery};
+use super::types::{Dataset, DatasetList, PageQuery, UploadQuery};
 use super::{page_limit, SharedState};
-use crate::data::dataset::{DatasetManifest, Split};
+use crate::data::dataset::DatasetManifest;
 use crate::data::ingest::{self, IngestLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::data::folder;
-use crate::store::db::{now_ms, DatasetRow};
+use crate::store::db::now_ms;
+use crate::store::DatasetRow;
 
 /// Largest single file inside an archive.
 const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -100,7 +101,7 @@ pub async fn create(
         rejected = manifest.rejected.len(), "dataset ingested");
     let row = register(&st, &id, &mut staging, name, bytes, manifest).await?;
     metrics::counter!("tuneserve_datasets_created_total").increment(1);
-    Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true)?)))
+    Ok((StatusCode::CREATED, Json(Dataset::from_row(row, true))))
 }
 
 /// The uploaded archive (multipart file field or raw body) into `archive`:
@@ -162,13 +163,6 @@ async fn register(
     archive_bytes: u64,
     manifest: DatasetManifest,
 ) -> ApiResult<DatasetRow> {
-    let counts: Vec<ClassCount> = (0..manifest.classes.len())
-        .map(|c| ClassCount {
-            class: manifest.classes[c].clone(),
-            train: manifest.count(c, Split::Train),
-            validation: manifest.count(c, Split::Validation),
-        })
-        .collect();
     let files_bytes = {
         let (dir, m) = (staging.dir.clone(), manifest.clone());
         tokio::task::spawn_blocking(move || {
@@ -183,10 +177,10 @@ async fn register(
         name,
         created_at: now_ms(),
         archive_bytes: archive_bytes as i64,
-        classes: serde_json::to_string(&manifest.classes)?,
-        counts: serde_json::to_string(&counts)?,
-        rejected: serde_json::to_string(&manifest.rejected)?,
-        has_validation: manifest.has_validation as i64,
+        counts: manifest.class_counts(),
+        classes: manifest.classes,
+        rejected: manifest.rejected,
+        has_validation: manifest.has_validation,
         files_bytes: files_bytes as i64,
     };
     // Shared before it is listed: any worker can then fetch what a job names.
@@ -321,7 +315,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
         .await?
         .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`after` names no dataset"))?;
     let has_more = rows.len() as i64 > limit;
-    let data = rows.into_iter().take(limit as usize).map(|r| Dataset::from_row(r, false)).collect::<Result<_, _>>()?;
+    let data = rows.into_iter().take(limit as usize).map(|r| Dataset::from_row(r, false)).collect();
     Ok(Json(DatasetList { object: "list", data, has_more }))
 }
 
@@ -332,7 +326,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
 pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Dataset>> {
     check_id("dataset", &id)?;
     let row = st.db.get_dataset(&id).await?.ok_or_else(|| not_found("dataset", &id))?;
-    let mut d = Dataset::from_row(row, true)?;
+    let mut d = Dataset::from_row(row, true);
     let cache = folder::cache_dir(&st.artifacts.dataset_dir(&id));
     d.cache_bytes = Some(tokio::task::spawn_blocking(move || folder::bytes_under(&cache)).await?);
     Ok(Json(d))

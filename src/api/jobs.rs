@@ -8,14 +8,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{check_id, not_found, JsonBody};
-use super::types::{Checkpoint, ClassCount, CheckpointList, CreateJob, EventQuery, Job, JobEvent, JobEventList, JobList, PageQuery};
+use super::types::{Checkpoint, CheckpointList, CreateJob, EventQuery, Job, JobEvent, JobEventList, JobList, PageQuery};
 use super::{page_limit, SharedState, STREAM_POLL};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::Variant;
-use crate::store::db::{status, CancelOutcome};
+use crate::store::db::CancelOutcome;
+use crate::store::JobStatus;
 
 /// Create a training job.
 ///
@@ -39,10 +41,9 @@ pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<Creat
     if let Some(b) = req.backbone {
         config.backbone = b;
     }
-    validate(&config)?;
+    config.validate().map_err(|m| ApiError::unprocessable("invalid_hyperparameters", m))?;
     let variant = req.variant.unwrap_or(Variant::Full);
-    let counts: Vec<ClassCount> = serde_json::from_str(&dataset.counts)?;
-    let images = counts.iter().map(|c| (c.train + c.validation) as u64).sum();
+    let images = dataset.counts.iter().map(|c| (c.train + c.validation) as u64).sum();
     crate::train::memory::estimate(&config, variant, images)
         .check(st.cfg.job_memory_budget())
         .map_err(|m| ApiError::unprocessable("job_too_large", m))?;
@@ -57,41 +58,12 @@ pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<Creat
     }
     let id = uuid::Uuid::new_v4().to_string();
     st.db
-        .insert_job(&id, &req.dataset_id, crate::jobs::variant_str(variant), &serde_json::to_string(&config)?)
+        .insert_job(&id, &req.dataset_id, variant, &config)
         .await?;
     st.jobs_queued.notify_one();
     metrics::counter!("tuneserve_jobs_created_total").increment(1);
     let row = st.db.get_job(&id).await?.ok_or_else(|| ApiError::internal("job vanished after insert"))?;
-    Ok((StatusCode::CREATED, Json(Job::from_row(row)?)))
-}
-
-fn validate(c: &crate::train::TrainConfig) -> ApiResult<()> {
-    let bad = |m: String| Err(ApiError::unprocessable("invalid_hyperparameters", m));
-    if c.batch_size == 0 || c.batch_size > 1024 {
-        return bad(format!("batch_size must be 1..=1024, got {}", c.batch_size));
-    }
-    if c.frozen_epochs + c.finetune_epochs == 0 {
-        return bad("at least one epoch is needed (frozen_epochs + finetune_epochs > 0)".into());
-    }
-    if c.frozen_epochs > 1000 || c.finetune_epochs > 1000 {
-        return bad("at most 1000 epochs per stage".into());
-    }
-    for (n, lr) in [("frozen_lr", c.frozen_lr), ("finetune_lr", c.finetune_lr)] {
-        if !(lr.is_finite() && lr > 0.0) {
-            return bad(format!("{n} must be a positive number"));
-        }
-    }
-    if !(0.0..1.0).contains(&c.dropout) {
-        return bad("dropout must be in [0, 1)".into());
-    }
-    if !(c.validation_split > 0.0 && c.validation_split < 1.0) {
-        return bad("validation_split must be in (0, 1)".into());
-    }
-    let min = c.backbone.min_size();
-    if c.image_size != 0 && !(min..=1024).contains(&c.image_size) {
-        return bad(format!("image_size must be 0 (the backbone's default) or {min}..=1024"));
-    }
-    Ok(())
+    Ok((StatusCode::CREATED, Json(Job::from_row(row))))
 }
 
 /// List jobs, newest first.
@@ -106,7 +78,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
         .await?
         .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`after` names no job"))?;
     let has_more = rows.len() as i64 > limit;
-    let data = rows.into_iter().take(limit as usize).map(Job::from_row).collect::<Result<_, _>>()?;
+    let data = rows.into_iter().take(limit as usize).map(Job::from_row).collect();
     Ok(Json(JobList { object: "list", data, has_more }))
 }
 
@@ -117,7 +89,7 @@ pub async fn list(State(st): State<SharedState>, super::body::ApiQuery(q): super
 pub async fn get_one(State(st): State<SharedState>, super::body::ApiPath(id): super::body::ApiPath<String>) -> ApiResult<Json<Job>> {
     check_id("job", &id)?;
     let row = st.db.get_job(&id).await?.ok_or_else(|| not_found("job", &id))?;
-    Ok(Json(Job::from_row(row)?))
+    Ok(Json(Job::from_row(row)))
 }
 
 /// Cancel a job. A queued job is cancelled at once; a running one stops at
@@ -131,19 +103,19 @@ pub async fn cancel(State(st): State<SharedState>, super::body::ApiPath(id): sup
     match st.db.cancel_job(&id).await? {
         CancelOutcome::NotFound => return Err(not_found("job", &id)),
         CancelOutcome::Finished => {
-            let s = st.db.get_job(&id).await?.map(|j| j.status).unwrap_or_default();
+            let s = st.db.get_job(&id).await?.map_or("finished", |j| j.status.as_str());
             return Err(ApiError::conflict("job_finished", format!("the job has already finished ({s})")));
         }
         CancelOutcome::Cancelled => {
             // Nobody else writes events for a job that never started.
             let seq = st.db.next_event_seq(&id).await?;
-            st.db.insert_event(&id, seq, "status", &json!({"type": "status", "status": status::CANCELLED}).to_string()).await?;
+            st.db.insert_event(&id, seq, "status", &json!({"type": "status", "status": JobStatus::Cancelled})).await?;
             st.job_events.notify_waiters();
         }
         CancelOutcome::Requested => {}
     }
     let row = st.db.get_job(&id).await?.ok_or_else(|| not_found("job", &id))?;
-    Ok(Json(Job::from_row(row)?))
+    Ok(Json(Job::from_row(row)))
 }
 
 /// A job's events: paged history (JSON), or with `?stream=true` /
@@ -180,10 +152,6 @@ pub async fn events(
     Ok(Json(JobEventList { object: "list", data, has_more }).into_response())
 }
 
-fn is_terminal(s: &str) -> bool {
-    matches!(s, status::SUCCEEDED | status::FAILED | status::CANCELLED)
-}
-
 struct StreamState {
     st: SharedState,
     id: String,
@@ -205,7 +173,7 @@ fn event_stream(
         loop {
             if let Some(ev) = s.buf.pop_front() {
                 if ev.kind == "status"
-                    && ev.data.get("status").and_then(|v| v.as_str()).is_some_and(is_terminal)
+                    && ev.data.get("status").and_then(|v| JobStatus::deserialize(v).ok()).is_some_and(JobStatus::is_finished)
                 {
                     s.done = true;
                     s.buf.clear();
@@ -232,7 +200,7 @@ fn event_stream(
                     // A job that ended before its final event was recorded (or
                     // long ago, past `after`): nothing more will come.
                     if let Ok(Some(j)) = s.st.db.get_job(&s.id).await {
-                        if is_terminal(&j.status) {
+                        if j.status.is_finished() {
                             return None;
                         }
                     }
@@ -258,6 +226,6 @@ pub async fn checkpoints(State(st): State<SharedState>, super::body::ApiPath(id)
     if st.db.get_job(&id).await?.is_none() {
         return Err(not_found("job", &id));
     }
-    let data = st.db.list_checkpoints(&id).await?.into_iter().map(Checkpoint::from_row).collect::<Result<_, _>>()?;
+    let data = st.db.list_checkpoints(&id).await?.into_iter().map(Checkpoint::from_row).collect();
     Ok(Json(CheckpointList { object: "list", data, has_more: false }))
 }

@@ -25,7 +25,7 @@ pub async fn list(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PageQuery
         .await?
         .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`after` names no model"))?;
     let has_more = rows.len() as i64 > limit;
-    let data = rows.into_iter().take(limit as usize).map(Model::from_row).collect::<Result<_, _>>()?;
+    let data = rows.into_iter().take(limit as usize).map(Model::from_row).collect();
     Ok(Json(ModelList { object: "list", data, has_more }))
 }
 
@@ -35,7 +35,7 @@ pub async fn list(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PageQuery
 pub async fn get_one(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
     check_id("model", &id)?;
     let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
-    Ok(Json(Model::from_row(row)?))
+    Ok(Json(Model::from_row(row)))
 }
 
 /// Make this model the default one (used by POST /v1/predict). Each newly
@@ -50,7 +50,7 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
     }
     st.registry.default_changed();
     let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
-    Ok(Json(Model::from_row(row)?))
+    Ok(Json(Model::from_row(row)))
 }
 
 #[utoipa::path(get, path = "/v1/checkpoints/{id}", operation_id = "get_checkpoint", tag = "jobs", params(("id" = String, Path)),
@@ -59,7 +59,7 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
 pub async fn checkpoint(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Checkpoint>> {
     check_id("checkpoint", &id)?;
     let row = st.db.get_checkpoint(&id).await?.ok_or_else(|| not_found("checkpoint", &id))?;
-    Ok(Json(Checkpoint::from_row(row)?))
+    Ok(Json(Checkpoint::from_row(row)))
 }
 
 /// Download a checkpoint: an uncompressed tar holding `model.safetensors`

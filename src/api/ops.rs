@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use super::types::*;
 use super::{datasets, jobs, models, predict, SharedState};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
-use crate::store::db::status;
+use crate::store::JobStatus;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -229,9 +229,9 @@ pub async fn ready(State(st): State<SharedState>) -> ApiResult<Json<Ready>> {
 pub async fn metrics(State(st): State<SharedState>) -> Response {
     // Job counts come from the database, so they are right across processes.
     if let Ok(counts) = st.db.job_counts().await {
-        for s in status::ALL {
-            let n = counts.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
-            metrics::gauge!("tuneserve_jobs", "status" => s).set(n as f64);
+        for s in JobStatus::ALL {
+            let n = counts.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+            metrics::gauge!("tuneserve_jobs", "status" => s.as_str()).set(n as f64);
         }
     }
     let body = st.metrics.as_ref().map(|h| h.render()).unwrap_or_default();

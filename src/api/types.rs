@@ -4,33 +4,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::data::dataset::Rejected;
+use crate::data::dataset::{ClassCount, Rejected};
 use crate::model::{BackboneKind, Variant};
-use crate::store::db::{CheckpointRow, DatasetRow, EventRow, JobRow, ModelRow};
-use crate::train::TrainConfig;
+use crate::store::{CheckpointRow, DatasetRow, EventRow, JobMetrics, JobRow, JobStatus, ModelRow, ModelStage};
+use crate::train::{Stage, TrainConfig};
 
 fn secs(ms: i64) -> i64 {
     ms / 1000
-}
-
-/// Loss and accuracy (accuracy at logit > 0 for two classes, argmax
-/// otherwise). A value that is not a finite number (a run whose loss
-/// diverged) is null.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct JobMetrics {
-    // Stored as JSON, where a NaN or infinite f64 is written as null; read
-    // back as null too instead of failing the whole response.
-    #[schema(required = true)]
-    pub loss: Option<f64>,
-    #[schema(required = true)]
-    pub accuracy: Option<f64>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ClassCount {
-    pub class: String,
-    pub train: usize,
-    pub validation: usize,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -63,11 +43,9 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn from_row(r: DatasetRow, with_rejected: bool) -> Result<Self, serde_json::Error> {
-        let rejected: Vec<Rejected> = serde_json::from_str(&r.rejected)?;
-        let counts: Vec<ClassCount> = serde_json::from_str(&r.counts)?;
-        Ok(Self {
-            images: counts.iter().map(|c| c.train + c.validation).sum(),
+    pub fn from_row(r: DatasetRow, with_rejected: bool) -> Self {
+        Self {
+            images: r.counts.iter().map(|c| c.train + c.validation).sum(),
             files_bytes: r.files_bytes,
             cache_bytes: None,
             id: r.id,
@@ -75,12 +53,12 @@ impl Dataset {
             name: r.name,
             created_at: secs(r.created_at),
             archive_bytes: r.archive_bytes,
-            classes: serde_json::from_str(&r.classes)?,
-            counts,
-            has_validation: r.has_validation != 0,
-            rejected_count: rejected.len(),
-            rejected: with_rejected.then_some(rejected),
-        })
+            classes: r.classes,
+            counts: r.counts,
+            has_validation: r.has_validation,
+            rejected_count: r.rejected.len(),
+            rejected: with_rejected.then_some(r.rejected),
+        }
     }
 }
 
@@ -112,15 +90,13 @@ pub struct Job {
     /// Always "job".
     pub object: &'static str,
     pub dataset_id: String,
-    /// queued, running, succeeded, failed or cancelled.
-    pub status: String,
-    pub variant: String,
+    pub status: JobStatus,
+    pub variant: Variant,
     pub hyperparameters: TrainConfig,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
-    /// features, frozen or finetune.
-    pub stage: Option<String>,
+    pub stage: Option<Stage>,
     /// Epoch within the stage (1-based) and the stage's epoch count.
     pub epoch: Option<i64>,
     pub epochs: Option<i64>,
@@ -139,22 +115,18 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
 }
 
-fn parse_opt<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Result<Option<T>, serde_json::Error> {
-    s.as_deref().map(serde_json::from_str).transpose()
-}
-
 impl Job {
-    pub fn from_row(r: JobRow) -> Result<Self, serde_json::Error> {
-        Ok(Self {
+    pub fn from_row(r: JobRow) -> Self {
+        Self {
             object: "job",
-            hyperparameters: serde_json::from_str(&r.config)?,
-            train_metrics: parse_opt(&r.train_metrics)?,
-            validation_metrics: parse_opt(&r.validation_metrics)?,
-            result: parse_opt(&r.result)?,
+            hyperparameters: r.config,
+            train_metrics: r.train_metrics,
+            validation_metrics: r.validation_metrics,
+            result: r.result,
             created_at: secs(r.created_at),
             started_at: r.started_at.map(secs),
             finished_at: r.finished_at.map(secs),
-            cancel_requested: r.cancel_requested != 0,
+            cancel_requested: r.cancel_requested,
             id: r.id,
             dataset_id: r.dataset_id,
             status: r.status,
@@ -167,7 +139,7 @@ impl Job {
             error: r.error,
             model_id: r.model_id,
             attempts: r.attempts,
-        })
+        }
     }
 }
 
@@ -192,8 +164,7 @@ pub struct JobEvent {
 
 impl JobEvent {
     pub fn from_row(r: EventRow) -> Self {
-        let data = serde_json::from_str(&r.data).unwrap_or(serde_json::Value::String(r.data));
-        Self { seq: r.seq, created_at: secs(r.created_at), kind: r.kind, data }
+        Self { seq: r.seq, created_at: secs(r.created_at), kind: r.kind, data: r.data }
     }
 }
 
@@ -224,7 +195,7 @@ pub struct Checkpoint {
     pub object: &'static str,
     pub job_id: String,
     pub name: String,
-    pub stage: String,
+    pub stage: Stage,
     pub epoch: i64,
     pub train_metrics: JobMetrics,
     pub validation_metrics: JobMetrics,
@@ -234,11 +205,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn from_row(r: CheckpointRow) -> Result<Self, serde_json::Error> {
-        Ok(Self {
+    pub fn from_row(r: CheckpointRow) -> Self {
+        Self {
             object: "checkpoint",
-            train_metrics: serde_json::from_str(&r.train_metrics)?,
-            validation_metrics: serde_json::from_str(&r.validation_metrics)?,
+            train_metrics: r.train_metrics,
+            validation_metrics: r.validation_metrics,
             created_at: secs(r.created_at),
             download_url: format!("/v1/checkpoints/{}/download", r.id),
             id: r.id,
@@ -246,7 +217,7 @@ impl Checkpoint {
             name: r.name,
             stage: r.stage,
             epoch: r.epoch,
-        })
+        }
     }
 }
 
@@ -264,8 +235,8 @@ pub struct Model {
     pub object: &'static str,
     pub job_id: String,
     pub checkpoint_id: String,
-    pub backbone: String,
-    pub variant: String,
+    pub backbone: BackboneKind,
+    pub variant: Variant,
     pub classes: Vec<String>,
     pub image_size: i64,
     pub validation_metrics: JobMetrics,
@@ -278,29 +249,22 @@ pub struct Model {
     pub stage: ModelStage,
 }
 
-#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelStage {
-    Stage1,
-    Final,
-}
-
 impl Model {
-    pub fn from_row(r: ModelRow) -> Result<Self, serde_json::Error> {
-        Ok(Self {
+    pub fn from_row(r: ModelRow) -> Self {
+        Self {
             object: "model",
-            classes: serde_json::from_str(&r.classes)?,
-            validation_metrics: serde_json::from_str(&r.validation_metrics)?,
-            is_default: r.is_default != 0,
+            classes: r.classes,
+            validation_metrics: r.validation_metrics,
+            is_default: r.is_default,
             created_at: secs(r.created_at),
-            stage: if r.stage == crate::store::db::model_stage::STAGE1 { ModelStage::Stage1 } else { ModelStage::Final },
+            stage: r.stage,
             id: r.id,
             job_id: r.job_id,
             checkpoint_id: r.checkpoint_id,
             backbone: r.backbone,
             variant: r.variant,
             image_size: r.image_size,
-        })
+        }
     }
 }
 

@@ -27,6 +27,14 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// How many usable images a class has in each split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClassCount {
+    pub class: String,
+    pub train: usize,
+    pub validation: usize,
+}
+
 /// What a dataset holds once scanned. Class order is sorted by name (as Keras's
 /// `image_dataset_from_directory` does), so `cats` = 0 and `dogs` = 1.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +47,15 @@ pub struct DatasetManifest {
 }
 
 impl DatasetManifest {
-    pub fn count(&self, class: usize, split: Split) -> usize {
-        self.samples.iter().filter(|s| s.class == class && s.split == split).count()
+    /// Usable images per class and split, in class order.
+    pub fn class_counts(&self) -> Vec<ClassCount> {
+        let count = |c, split| self.samples.iter().filter(|s| s.class == c && s.split == split).count();
+        let counts = |(c, class): (usize, &String)| ClassCount {
+            class: class.clone(),
+            train: count(c, Split::Train),
+            validation: count(c, Split::Validation),
+        };
+        self.classes.iter().enumerate().map(counts).collect()
     }
 
     pub fn resolve(&self, root: &Path, s: &Sample) -> PathBuf {

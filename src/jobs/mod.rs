@@ -23,7 +23,8 @@ use crate::config::ServeConfig;
 use crate::data::dataset::{DatasetManifest, Split};
 use crate::data::folder;
 use crate::model::Variant;
-use crate::store::db::{self, model_stage, status, CheckpointRow, JobRow, Lease, ModelRow};
+use crate::store::db::{self, Lease};
+use crate::store::{CheckpointRow, JobMetrics, JobRow, JobStatus, ModelRow, ModelStage};
 use crate::store::{ArtifactStore, Db};
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::{self, Event, Metrics, RunSpec, Stage, TrainConfig, TrainError, WeightsChoice};
@@ -140,10 +141,10 @@ async fn recover_orphans(ctx: &JobContext, instance: Option<&str>) -> Result<u64
     let orphans = ctx.db.recover_orphans(instance, ctx.cfg.lease(), max as i64, &error).await?;
     for id in &orphans.failed {
         warn!(job_id = %id, crashes = max, "job failed: its process died too often while running it");
-        metrics::counter!("tuneserve_jobs_finished_total", "status" => status::FAILED).increment(1);
+        metrics::counter!("tuneserve_jobs_finished_total", "status" => JobStatus::Failed.as_str()).increment(1);
         let seq = ctx.db.next_event_seq(id).await?;
         ctx.db
-            .insert_event(id, seq, "status", &json!({"type": "status", "status": status::FAILED, "error": error}).to_string())
+            .insert_event(id, seq, "status", &json!({"type": "status", "status": JobStatus::Failed, "error": error}))
             .await?;
     }
     if !orphans.failed.is_empty() {
@@ -205,7 +206,7 @@ struct EventLog<'a> {
 impl EventLog<'_> {
     fn emit(&mut self, kind: &str, data: serde_json::Value) {
         let ctx = self.ctx;
-        if let Err(e) = ctx.runtime.block_on(ctx.db.insert_event(self.job_id, self.seq, kind, &data.to_string())) {
+        if let Err(e) = ctx.runtime.block_on(ctx.db.insert_event(self.job_id, self.seq, kind, &data)) {
             warn!(error = %e, "could not store a job event");
         }
         self.seq += 1;
@@ -214,7 +215,7 @@ impl EventLog<'_> {
 }
 
 fn run_job(ctx: &JobContext, job: JobRow) {
-    info!(attempt = job.attempts, resume = job.resume != 0, "job started");
+    info!(attempt = job.attempts, resume = job.resume, "job started");
     let rt = &ctx.runtime;
     let seq = match rt.block_on(ctx.db.next_event_seq(&job.id)) {
         Ok(s) => s,
@@ -225,10 +226,10 @@ fn run_job(ctx: &JobContext, job: JobRow) {
         }
     };
     let mut log = EventLog { ctx, job_id: &job.id, seq };
-    log.emit("status", json!({"type": "status", "status": status::RUNNING, "attempt": job.attempts}));
+    log.emit("status", json!({"type": "status", "status": JobStatus::Running, "attempt": job.attempts}));
     let spec = match rt.block_on(prepare(ctx, &job)) {
         Ok(s) => s,
-        Err(msg) => return finish(ctx, &job, &mut log, status::FAILED, Some(&msg), None),
+        Err(msg) => return finish(ctx, &job, &mut log, JobStatus::Failed, Some(&msg)),
     };
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -320,17 +321,17 @@ impl Sink<'_> {
                 if step % ctx.cfg.progress_every.max(1) != 0 && step != steps {
                     return;
                 }
-                let r = rt.block_on(ctx.db.set_job_progress(&self.job.id, &stage_str(*stage), *epoch as i64,
+                let r = rt.block_on(ctx.db.set_job_progress(&self.job.id, *stage, *epoch as i64,
                     *epochs as i64, *step as i64, *steps as i64));
                 if let Err(e) = r {
                     warn!(error = %e, "could not store progress");
                 }
             }
             Event::Epoch { stage, epoch, epochs, train, validation, .. } => {
-                info!(stage = %stage_str(*stage), epoch, loss = validation.loss, accuracy = validation.accuracy, "epoch done");
-                metrics::counter!("tuneserve_train_images_total", "stage" => stage_str(*stage)).increment(self.train_images as u64);
-                let r = rt.block_on(ctx.db.set_job_metrics(&self.job.id, &stage_str(*stage), *epoch as i64,
-                    *epochs as i64, &json!(train).to_string(), &json!(validation).to_string()));
+                info!(stage = stage.as_str(), epoch, loss = validation.loss, accuracy = validation.accuracy, "epoch done");
+                metrics::counter!("tuneserve_train_images_total", "stage" => stage.as_str()).increment(self.train_images as u64);
+                let r = rt.block_on(ctx.db.set_job_metrics(&self.job.id, *stage, *epoch as i64,
+                    *epochs as i64, *train, *validation));
                 if let Err(e) = r {
                     warn!(error = %e, "could not store epoch metrics");
                 }
@@ -374,13 +375,13 @@ fn conclude(ctx: &JobContext, job: &JobRow, mut sink: Sink, result: Result<train
     let flags = sink.flags;
     match result {
         Ok(summary) => match rt.block_on(model_for(ctx, job, sink.job_dir, &summary, &mut sink.published)) {
-            Ok((model, result)) => {
-                sink.log.emit("status", json!({"type": "status", "status": status::SUCCEEDED,
+            Ok(model) => {
+                sink.log.emit("status", json!({"type": "status", "status": JobStatus::Succeeded,
                     "model_id": model.id, "checkpoint": summary.best_checkpoint, "validation": summary.validation}));
-                match rt.block_on(ctx.db.publish_model(&model, &ctx.instance, &result)) {
+                match rt.block_on(ctx.db.publish_model(&model, &ctx.instance, &summary)) {
                     Ok(true) => {
                         ctx.default_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                        metrics::counter!("tuneserve_jobs_finished_total", "status" => status::SUCCEEDED).increment(1);
+                        metrics::counter!("tuneserve_jobs_finished_total", "status" => JobStatus::Succeeded.as_str()).increment(1);
                         info!(model_id = %model.id, checkpoint = %summary.best_checkpoint,
                             accuracy = summary.validation.accuracy, "job succeeded; model published");
                     }
@@ -388,30 +389,30 @@ fn conclude(ctx: &JobContext, job: &JobRow, mut sink: Sink, result: Result<train
                     Err(e) => warn!(error = %e, "could not publish the model; the job will be resumed"),
                 }
             }
-            Err(msg) => finish(ctx, job, &mut sink.log, status::FAILED, Some(&msg), None),
+            Err(msg) => finish(ctx, job, &mut sink.log, JobStatus::Failed, Some(&msg)),
         },
-        Err(None) if flags.user.load(Ordering::Acquire) => finish(ctx, job, &mut sink.log, status::CANCELLED, None, None),
+        Err(None) if flags.user.load(Ordering::Acquire) => finish(ctx, job, &mut sink.log, JobStatus::Cancelled, None),
         Err(None) => {
             info!("job handed back to the queue for shutdown; it resumes from its last checkpoint");
-            sink.log.emit("status", json!({"type": "status", "status": status::QUEUED, "reason": "server shutdown"}));
+            sink.log.emit("status", json!({"type": "status", "status": JobStatus::Queued, "reason": "server shutdown"}));
             if let Err(e) = rt.block_on(ctx.db.requeue_job(&job.id, &ctx.instance)) {
                 warn!(error = %e, "could not requeue the job; the next start will");
             }
         }
-        Err(Some(msg)) => finish(ctx, job, &mut sink.log, status::FAILED, Some(&msg), None),
+        Err(Some(msg)) => finish(ctx, job, &mut sink.log, JobStatus::Failed, Some(&msg)),
     }
 }
 
 /// Stores the terminal event first, then the status, so that a stream that
 /// sees a finished job has already seen its last event.
-fn finish(ctx: &JobContext, job: &JobRow, log: &mut EventLog, st: &str, err: Option<&str>, result: Option<&str>) {
+fn finish(ctx: &JobContext, job: &JobRow, log: &mut EventLog, st: JobStatus, err: Option<&str>) {
     match err {
-        Some(e) => warn!(status = st, error = e, "job ended"),
-        None => info!(status = st, "job ended"),
+        Some(e) => warn!(status = st.as_str(), error = e, "job ended"),
+        None => info!(status = st.as_str(), "job ended"),
     }
     log.emit("status", json!({"type": "status", "status": st, "error": err}));
-    metrics::counter!("tuneserve_jobs_finished_total", "status" => st.to_string()).increment(1);
-    match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.instance, st, err, result)) {
+    metrics::counter!("tuneserve_jobs_finished_total", "status" => st.as_str()).increment(1);
+    match ctx.runtime.block_on(ctx.db.finish_job(&job.id, &ctx.instance, st, err)) {
         Ok(true) => {}
         Ok(false) => warn!("job was no longer ours to finish"),
         Err(e) => warn!(error = %e, "could not store the job's end"),
@@ -449,25 +450,26 @@ fn model_row(job: &JobRow, checkpoint_id: String, meta: &CheckpointMeta, classes
         id: uuid::Uuid::new_v4().to_string(),
         job_id: job.id.clone(),
         checkpoint_id,
-        backbone: meta.backbone.as_str().to_string(),
-        variant: variant_str(meta.variant).to_string(),
-        classes: json!(classes).to_string(),
+        backbone: meta.backbone,
+        variant: meta.variant,
+        classes: classes.to_vec(),
         image_size: meta.image_size as i64,
-        validation_metrics: json!(validation).to_string(),
-        is_default: 0,
+        validation_metrics: (*validation).into(),
+        // Both decided when published.
+        is_default: false,
         created_at: db::now_ms(),
-        stage: model_stage::STAGE1.to_string(),
+        stage: ModelStage::Stage1,
     }
 }
 
-/// The model row and stored result for a finished run.
+/// The model row for a finished run.
 async fn model_for(
     ctx: &JobContext,
     job: &JobRow,
     job_dir: &std::path::Path,
     summary: &train::Summary,
     published: &mut HashSet<String>,
-) -> Result<(ModelRow, String), String> {
+) -> Result<ModelRow, String> {
     let name = &summary.best_checkpoint;
     // The best checkpoint's publication may have failed or been lost to a
     // crash, and the trainer prunes superseded ones at the end.
@@ -483,16 +485,7 @@ async fn model_for(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("best checkpoint {name} is not recorded"))?;
     let meta = checkpoint::read_meta(&job_dir.join(name)).map_err(|e| e.to_string())?;
-    let model = ModelRow { stage: model_stage::FINAL.to_string(), ..model_row(job, ck.id, &meta, &summary.classes, &summary.validation) };
-    let result = serde_json::to_string(summary).map_err(|e| e.to_string())?;
-    Ok((model, result))
-}
-
-pub fn variant_str(v: Variant) -> &'static str {
-    match v {
-        Variant::Full => "full",
-        Variant::Tiny => "tiny",
-    }
+    Ok(model_row(job, ck.id, &meta, &summary.classes, &summary.validation))
 }
 
 /// Makes the job's checkpoint rows (and the shared store) match the complete
@@ -514,10 +507,10 @@ async fn sync_checkpoints(
             id: known.iter().find(|k| &k.name == name).map_or_else(|| uuid::Uuid::new_v4().to_string(), |k| k.id.clone()),
             job_id: job_id.to_string(),
             name: name.clone(),
-            stage: stage_str(meta.stage),
+            stage: meta.stage,
             epoch: meta.epoch as i64,
-            train_metrics: json!(meta.train).to_string(),
-            validation_metrics: json!(meta.validation).to_string(),
+            train_metrics: JobMetrics::from(meta.train),
+            validation_metrics: JobMetrics::from(meta.validation),
             created_at: known.iter().find(|k| &k.name == name).map_or_else(db::now_ms, |k| k.created_at),
         };
         db.upsert_checkpoint(&row).await.map_err(|e| e.to_string())?;
@@ -528,12 +521,12 @@ async fn sync_checkpoints(
 }
 
 async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
-    let config: TrainConfig = serde_json::from_str(&job.config).map_err(|e| format!("stored config: {e}"))?;
+    let config = job.config.clone();
     let ds = ctx.artifacts.fetch_dataset(&job.dataset_id).await.map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))?;
     let manifest = folder::read_manifest(&ds).map_err(|e| format!("dataset {} is gone ({e})", job.dataset_id))?;
-    let (variant, weights) = match job.variant.as_str() {
-        "tiny" => (Variant::Tiny, WeightsChoice::Seeded),
-        _ => {
+    let (variant, weights) = match job.variant {
+        Variant::Tiny => (Variant::Tiny, WeightsChoice::Seeded),
+        Variant::Full => {
             let w = ctx.cfg.weights_path();
             if !w.exists() {
                 return Err(format!(
@@ -551,7 +544,7 @@ async fn prepare(ctx: &JobContext, job: &JobRow) -> Result<RunSpec, String> {
     let out_dir: PathBuf =
         ctx.artifacts.fetch_job(&job.id).await.map_err(|e| format!("fetching the job's checkpoints: {e}"))?;
     // Resume whenever an earlier attempt left checkpoints, crash or not.
-    let resume = job.resume != 0 || crate::model::checkpoint::best(&out_dir).ok().flatten().is_some()
+    let resume = job.resume || crate::model::checkpoint::best(&out_dir).ok().flatten().is_some()
         || checkpoint::list(&out_dir).map(|l| !l.is_empty()).unwrap_or(false);
     Ok(RunSpec {
         config,
@@ -576,10 +569,6 @@ fn train_count(m: &DatasetManifest, c: &TrainConfig) -> usize {
     } else {
         (train as f64 * (1.0 - c.validation_split)).round() as usize
     }
-}
-
-pub fn stage_str(s: train::Stage) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// Beats every HEARTBEAT while the job runs; turns a cancel request (from

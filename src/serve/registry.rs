@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::batcher::{BatchLimits, Batcher};
 use super::predictor::Predictor;
 use super::PredictError;
-use crate::store::db::ModelRow;
+use crate::store::ModelRow;
 use crate::store::{ArtifactStore, Db};
 
 pub struct LoadedModel {

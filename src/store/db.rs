@@ -1,12 +1,20 @@
 //! The database: one set of queries for SQLite and PostgreSQL through sqlx's
 //! `Any` driver. Placeholders are `$N` (SQLite accepts them too), integers are
-//! BIGINT (i64), times are unix milliseconds, JSON is TEXT.
+//! BIGINT (i64), times are unix milliseconds, JSON is TEXT; [`super::rows`]
+//! turns the columns into typed rows.
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, FromRow, Row};
+
+use super::rows::{
+    json, text, CheckpointRow, DatasetRow, EventRow, JobMetrics, JobRow, JobStatus, ModelRow, ModelStage, RawCheckpoint,
+    RawDataset, RawEvent, RawJob, RawModel, JOB_COLS,
+};
+use crate::model::Variant;
+use crate::train::{Metrics, Stage, TrainConfig};
 
 pub use sqlx::Error as DbError;
 
@@ -36,86 +44,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-#[derive(Debug, Clone, FromRow)]
-pub struct DatasetRow {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-    pub archive_bytes: i64,
-    pub classes: String,
-    pub counts: String,
-    pub rejected: String,
-    pub has_validation: i64,
-    pub files_bytes: i64,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct JobRow {
-    pub id: String,
-    pub dataset_id: String,
-    pub status: String,
-    pub variant: String,
-    pub config: String,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub claimed_by: Option<String>,
-    pub resume: i64,
-    pub attempts: i64,
-    pub cancel_requested: i64,
-    pub stage: Option<String>,
-    pub epoch: Option<i64>,
-    pub epochs: Option<i64>,
-    pub step: Option<i64>,
-    pub steps: Option<i64>,
-    pub train_metrics: Option<String>,
-    pub validation_metrics: Option<String>,
-    pub error: Option<String>,
-    pub result: Option<String>,
-    pub model_id: Option<String>,
-}
-
-const JOB_COLS: &str = "id, dataset_id, status, variant, config, created_at, started_at, finished_at, claimed_by, \
-     resume, attempts, cancel_requested, stage, epoch, epochs, step, steps, train_metrics, validation_metrics, \
-     error, result, model_id";
-
-#[derive(Debug, Clone, FromRow)]
-pub struct EventRow {
-    pub job_id: String,
-    pub seq: i64,
-    pub created_at: i64,
-    pub kind: String,
-    pub data: String,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct CheckpointRow {
-    pub id: String,
-    pub job_id: String,
-    pub name: String,
-    pub stage: String,
-    pub epoch: i64,
-    pub train_metrics: String,
-    pub validation_metrics: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct ModelRow {
-    pub id: String,
-    pub job_id: String,
-    pub checkpoint_id: String,
-    pub backbone: String,
-    pub variant: String,
-    pub classes: String,
-    pub image_size: i64,
-    pub validation_metrics: String,
-    pub is_default: i64,
-    pub created_at: i64,
-    /// [`model_stage`]: where in its job the model comes from.
-    pub stage: String,
-}
-
 /// What [`Db::recover_orphans`] did.
 #[derive(Debug, Default)]
 pub struct Orphans {
@@ -134,23 +62,6 @@ pub enum CancelOutcome {
     /// It had already finished.
     Finished,
     NotFound,
-}
-
-/// Statuses a job can be in.
-pub mod model_stage {
-    /// Published when stage 1 ends, so predictions can start early.
-    pub const STAGE1: &str = "stage1";
-    /// The job's result.
-    pub const FINAL: &str = "final";
-}
-
-pub mod status {
-    pub const QUEUED: &str = "queued";
-    pub const RUNNING: &str = "running";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
-    pub const CANCELLED: &str = "cancelled";
-    pub const ALL: [&str; 5] = [QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED];
 }
 
 impl Db {
@@ -209,10 +120,10 @@ impl Db {
         .bind(&d.name)
         .bind(d.created_at)
         .bind(d.archive_bytes)
-        .bind(&d.classes)
-        .bind(&d.counts)
-        .bind(&d.rejected)
-        .bind(d.has_validation)
+        .bind(json(&d.classes)?)
+        .bind(json(&d.counts)?)
+        .bind(json(&d.rejected)?)
+        .bind(d.has_validation as i64)
         .bind(d.files_bytes)
         .execute(&self.pool)
         .await?;
@@ -220,12 +131,14 @@ impl Db {
     }
 
     pub async fn get_dataset(&self, id: &str) -> Result<Option<DatasetRow>, DbError> {
-        sqlx::query_as("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+        let r: Option<RawDataset> =
+            sqlx::query_as("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     /// Newest first; `after` is the id of the last item of the previous page.
     pub async fn list_datasets(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<DatasetRow>>, DbError> {
-        self.page("datasets", "*", after, limit).await
+        self.page::<RawDataset, _>("datasets", "*", after, limit).await
     }
 
     /// Deletes the row unless a queued or running job still needs it (then false).
@@ -241,11 +154,12 @@ impl Db {
     }
 
     /// Keyset paging, newest first, for the tables with (id, created_at).
-    async fn page<T>(&self, table: &str, cols: &str, after: Option<&str>, limit: i64) -> Result<Option<Vec<T>>, DbError>
+    async fn page<R, T>(&self, table: &str, cols: &str, after: Option<&str>, limit: i64) -> Result<Option<Vec<T>>, DbError>
     where
-        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+        R: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+        T: TryFrom<R, Error = DbError>,
     {
-        let rows = match after {
+        let rows: Vec<R> = match after {
             None => {
                 sqlx::query_as(&format!("SELECT {cols} FROM {table} ORDER BY created_at DESC, id DESC LIMIT $1"))
                     .bind(limit)
@@ -269,7 +183,7 @@ impl Db {
                 .await?
             }
         };
-        Ok(Some(rows))
+        Ok(Some(rows.into_iter().map(T::try_from).collect::<Result<_, _>>()?))
     }
 
     // ---- jobs
@@ -277,7 +191,7 @@ impl Db {
     /// Inserts a queued job together with its first event (seq 1, `queued`),
     /// in one transaction: a worker may claim the job the moment it is
     /// visible, and its own first event must not race for seq 1.
-    pub async fn insert_job(&self, id: &str, dataset_id: &str, variant: &str, config: &str) -> Result<(), DbError> {
+    pub async fn insert_job(&self, id: &str, dataset_id: &str, variant: Variant, config: &TrainConfig) -> Result<(), DbError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -285,8 +199,8 @@ impl Db {
         )
         .bind(id)
         .bind(dataset_id)
-        .bind(variant)
-        .bind(config)
+        .bind(text(variant))
+        .bind(json(config)?)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -301,14 +215,15 @@ impl Db {
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRow>, DbError> {
-        sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+        let r: Option<RawJob> = sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
-            .await
+            .await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<JobRow>>, DbError> {
-        self.page("jobs", JOB_COLS, after, limit).await
+        self.page::<RawJob, _>("jobs", JOB_COLS, after, limit).await
     }
 
     /// Atomically takes the oldest queued job for `instance`. The single
@@ -396,7 +311,7 @@ impl Db {
     pub async fn set_job_progress(
         &self,
         id: &str,
-        stage: &str,
+        stage: Stage,
         epoch: i64,
         epochs: i64,
         step: i64,
@@ -404,7 +319,7 @@ impl Db {
     ) -> Result<(), DbError> {
         sqlx::query("UPDATE jobs SET stage = $2, epoch = $3, epochs = $4, step = $5, steps = $6 WHERE id = $1")
             .bind(id)
-            .bind(stage)
+            .bind(text(stage))
             .bind(epoch)
             .bind(epochs)
             .bind(step)
@@ -417,22 +332,22 @@ impl Db {
     pub async fn set_job_metrics(
         &self,
         id: &str,
-        stage: &str,
+        stage: Stage,
         epoch: i64,
         epochs: i64,
-        train: &str,
-        validation: &str,
+        train: Metrics,
+        validation: Metrics,
     ) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE jobs SET stage = $2, epoch = $3, epochs = $4, train_metrics = $5, validation_metrics = $6 \
              WHERE id = $1",
         )
         .bind(id)
-        .bind(stage)
+        .bind(text(stage))
         .bind(epoch)
         .bind(epochs)
-        .bind(train)
-        .bind(validation)
+        .bind(json(&JobMetrics::from(train))?)
+        .bind(json(&JobMetrics::from(validation))?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -443,19 +358,17 @@ impl Db {
         &self,
         id: &str,
         instance: &str,
-        status: &str,
+        status: JobStatus,
         error: Option<&str>,
-        result: Option<&str>,
     ) -> Result<bool, DbError> {
         let r = sqlx::query(
-            "UPDATE jobs SET status = $3, error = $4, result = $5, finished_at = $6 \
+            "UPDATE jobs SET status = $3, error = $4, finished_at = $5 \
              WHERE id = $1 AND claimed_by = $2 AND status = 'running'",
         )
         .bind(id)
         .bind(instance)
-        .bind(status)
+        .bind(status.as_str())
         .bind(error)
-        .bind(result)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -497,9 +410,17 @@ impl Db {
         })
     }
 
-    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+    /// How many jobs are in each status (those with none are left out).
+    pub async fn job_counts(&self) -> Result<Vec<(JobStatus, i64)>, DbError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?))).collect()
+        let mut counts = Vec::new();
+        for r in rows {
+            let status: String = r.try_get("status")?;
+            if let Some(s) = JobStatus::ALL.into_iter().find(|s| s.as_str() == status) {
+                counts.push((s, r.try_get::<i64, _>("n")?));
+            }
+        }
+        Ok(counts)
     }
 
     // ---- events
@@ -512,13 +433,13 @@ impl Db {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    pub async fn insert_event(&self, job_id: &str, seq: i64, kind: &str, data: &str) -> Result<(), DbError> {
+    pub async fn insert_event(&self, job_id: &str, seq: i64, kind: &str, data: &serde_json::Value) -> Result<(), DbError> {
         sqlx::query("INSERT INTO job_events (job_id, seq, created_at, kind, data) VALUES ($1, $2, $3, $4, $5)")
             .bind(job_id)
             .bind(seq)
             .bind(now_ms())
             .bind(kind)
-            .bind(data)
+            .bind(data.to_string())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -526,7 +447,7 @@ impl Db {
 
     /// Oldest first, after sequence number `after`.
     pub async fn list_events(&self, job_id: &str, after: i64, limit: i64) -> Result<Vec<EventRow>, DbError> {
-        sqlx::query_as(
+        let rows: Vec<RawEvent> = sqlx::query_as(
             "SELECT job_id, seq, created_at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
@@ -534,7 +455,8 @@ impl Db {
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(EventRow::from).collect())
     }
 
     // ---- checkpoints
@@ -551,10 +473,10 @@ impl Db {
         .bind(&c.id)
         .bind(&c.job_id)
         .bind(&c.name)
-        .bind(&c.stage)
+        .bind(text(c.stage))
         .bind(c.epoch)
-        .bind(&c.train_metrics)
-        .bind(&c.validation_metrics)
+        .bind(json(&c.train_metrics)?)
+        .bind(json(&c.validation_metrics)?)
         .bind(c.created_at)
         .execute(&self.pool)
         .await?;
@@ -573,29 +495,34 @@ impl Db {
     }
 
     pub async fn list_checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>, DbError> {
-        sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 ORDER BY created_at, name")
+        let rows: Vec<RawCheckpoint> = sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 ORDER BY created_at, name")
             .bind(job_id)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
     }
 
     pub async fn get_checkpoint(&self, id: &str) -> Result<Option<CheckpointRow>, DbError> {
-        sqlx::query_as("SELECT * FROM checkpoints WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+        let r: Option<RawCheckpoint> =
+            sqlx::query_as("SELECT * FROM checkpoints WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     pub async fn find_checkpoint(&self, job_id: &str, name: &str) -> Result<Option<CheckpointRow>, DbError> {
-        sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 AND name = $2")
+        let r: Option<RawCheckpoint> = sqlx::query_as("SELECT * FROM checkpoints WHERE job_id = $1 AND name = $2")
             .bind(job_id)
             .bind(name)
             .fetch_optional(&self.pool)
-            .await
+            .await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     // ---- models
 
-    /// Publishes a succeeded job's model, makes it the default, and marks the
-    /// job succeeded, all in one transaction so a crash leaves neither half.
-    pub async fn publish_model(&self, m: &ModelRow, instance: &str, result: &str) -> Result<bool, DbError> {
+    /// Publishes a succeeded job's model (its stage is [`ModelStage::Final`]),
+    /// makes it the default, and marks the job succeeded with its training
+    /// summary, all in one transaction so a crash leaves neither half.
+    pub async fn publish_model(&self, m: &ModelRow, instance: &str, result: &impl serde::Serialize) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE jobs SET status = 'succeeded', result = $3, model_id = $4, finished_at = $5 \
@@ -603,7 +530,7 @@ impl Db {
         )
         .bind(&m.job_id)
         .bind(instance)
-        .bind(result)
+        .bind(json(result)?)
         .bind(&m.id)
         .bind(now_ms())
         .execute(&mut *tx)
@@ -615,11 +542,11 @@ impl Db {
         // The final model replaces the job's stage-1 model.
         sqlx::query("DELETE FROM models WHERE job_id = $1 AND stage = $2")
             .bind(&m.job_id)
-            .bind(model_stage::STAGE1)
+            .bind(text(ModelStage::Stage1))
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE models SET is_default = 0 WHERE is_default = 1").execute(&mut *tx).await?;
-        Self::insert_model(&mut tx, m, true, model_stage::FINAL).await?;
+        Self::insert_model(&mut tx, &ModelRow { is_default: true, stage: ModelStage::Final, ..m.clone() }).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -640,17 +567,13 @@ impl Db {
             return Ok(None);
         }
         let (defaults,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM models WHERE is_default = 1").fetch_one(&mut *tx).await?;
-        Self::insert_model(&mut tx, m, defaults == 0, model_stage::STAGE1).await?;
+        let row = ModelRow { is_default: defaults == 0, stage: ModelStage::Stage1, ..m.clone() };
+        Self::insert_model(&mut tx, &row).await?;
         tx.commit().await?;
         Ok(Some(defaults == 0))
     }
 
-    async fn insert_model(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        m: &ModelRow,
-        is_default: bool,
-        stage: &str,
-    ) -> Result<(), DbError> {
+    async fn insert_model(tx: &mut sqlx::Transaction<'_, sqlx::Any>, m: &ModelRow) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO models (id, job_id, checkpoint_id, backbone, variant, classes, image_size, \
              validation_metrics, is_default, created_at, stage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -658,31 +581,35 @@ impl Db {
         .bind(&m.id)
         .bind(&m.job_id)
         .bind(&m.checkpoint_id)
-        .bind(&m.backbone)
-        .bind(&m.variant)
-        .bind(&m.classes)
+        .bind(text(m.backbone))
+        .bind(text(m.variant))
+        .bind(json(&m.classes)?)
         .bind(m.image_size)
-        .bind(&m.validation_metrics)
-        .bind(is_default as i64)
+        .bind(json(&m.validation_metrics)?)
+        .bind(m.is_default as i64)
         .bind(m.created_at)
-        .bind(stage)
+        .bind(text(m.stage))
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
     pub async fn list_models(&self, after: Option<&str>, limit: i64) -> Result<Option<Vec<ModelRow>>, DbError> {
-        self.page("models", "*", after, limit).await
+        self.page::<RawModel, _>("models", "*", after, limit).await
     }
 
     pub async fn get_model(&self, id: &str) -> Result<Option<ModelRow>, DbError> {
-        sqlx::query_as("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await
+        let r: Option<RawModel> =
+            sqlx::query_as("SELECT * FROM models WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     pub async fn default_model(&self) -> Result<Option<ModelRow>, DbError> {
-        sqlx::query_as("SELECT * FROM models WHERE is_default = 1 ORDER BY created_at DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
+        let r: Option<RawModel> =
+            sqlx::query_as("SELECT * FROM models WHERE is_default = 1 ORDER BY created_at DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        r.map(TryInto::try_into).transpose()
     }
 
     /// Makes `id` the one default model; false when there is no such model.

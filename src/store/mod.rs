@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod db;
 pub mod object;
+pub mod rows;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 pub use artifacts::{ArtifactError, ArtifactStore, LocalArtifacts};
 pub use db::Db;
 pub use object::ObjectArtifacts;
+pub use rows::{CheckpointRow, DatasetRow, EventRow, JobMetrics, JobRow, JobStatus, ModelRow, ModelStage};
 
 /// The local store, or a shared one when `url` names it (`s3://...`, `file://...`);
 /// `data_dir` holds the working copies either way.

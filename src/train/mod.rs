@@ -59,12 +59,60 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The one rule set for a run's settings (the API, the CLI and the
+    /// trainer all ask this); the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.batch_size > 1024 {
+            return Err(format!("batch_size must be 1..=1024, got {}", self.batch_size));
+        }
+        if self.frozen_epochs + self.finetune_epochs == 0 {
+            return Err("at least one epoch is needed (frozen_epochs + finetune_epochs > 0)".into());
+        }
+        if self.frozen_epochs > 1000 || self.finetune_epochs > 1000 {
+            return Err("at most 1000 epochs per stage".into());
+        }
+        for (n, lr) in [("frozen_lr", self.frozen_lr), ("finetune_lr", self.finetune_lr)] {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(format!("{n} must be a positive number"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err("dropout must be in [0, 1)".into());
+        }
+        if !(self.validation_split > 0.0 && self.validation_split < 1.0) {
+            return Err("validation_split must be in (0, 1)".into());
+        }
+        let min = self.backbone.min_size();
+        if self.image_size != 0 && !(min..=1024).contains(&self.image_size) {
+            return Err(format!("image_size must be 0 (the backbone's default) or {min}..=1024 for {}", self.backbone.as_str()));
+        }
+        Ok(())
+    }
+
+    /// The input size the run uses (`image_size`, or the backbone's default for 0).
+    pub fn input_size(&self) -> usize {
+        if self.image_size == 0 { self.backbone.default_size() } else { self.image_size }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Features,
     Frozen,
     Finetune,
+}
+
+impl Stage {
+    /// The serde name (for log fields and metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Features => "features",
+            Stage::Frozen => "frozen",
+            Stage::Finetune => "finetune",
+        }
+    }
 }
 
 /// Loss and accuracy (accuracy at logit > 0 for two classes, argmax otherwise).

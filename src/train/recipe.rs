@@ -82,31 +82,13 @@ fn check_cancel(cancel: &AtomicBool) -> Result<(), TrainError> {
     }
 }
 
+/// The run's input size, once its settings and dataset pass.
 fn validate(cfg: &TrainConfig, manifest: &DatasetManifest) -> Result<usize, TrainError> {
-    let size = if cfg.image_size == 0 { cfg.backbone.default_size() } else { cfg.image_size };
-    let bad = |m: String| Err(TrainError::Config(m));
-    if size < cfg.backbone.min_size() || size > 1024 {
-        return bad(format!("image_size {size} must be between {} and 1024 for {}", cfg.backbone.min_size(), cfg.backbone.as_str()));
-    }
-    if cfg.batch_size == 0 || cfg.batch_size > 1024 {
-        return bad(format!("batch_size {} must be between 1 and 1024", cfg.batch_size));
-    }
-    if !(cfg.frozen_lr > 0.0 && cfg.finetune_lr > 0.0 && cfg.frozen_lr.is_finite() && cfg.finetune_lr.is_finite()) {
-        return bad("learning rates must be positive".into());
-    }
-    if !(0.0..1.0).contains(&cfg.dropout) {
-        return bad(format!("dropout {} must be in [0, 1)", cfg.dropout));
-    }
-    if !(0.0..1.0).contains(&cfg.validation_split) {
-        return bad(format!("validation_split {} must be in [0, 1)", cfg.validation_split));
-    }
-    if cfg.frozen_epochs == 0 && cfg.finetune_epochs == 0 {
-        return bad("at least one epoch is needed".into());
-    }
+    cfg.validate().map_err(TrainError::Config)?;
     if manifest.classes.len() < 2 {
         return Err(TrainError::Data(format!("need at least 2 classes, found {}", manifest.classes.len())));
     }
-    Ok(size)
+    Ok(cfg.input_size())
 }
 
 /// The dataset's own validation split, or a seeded stratified one.
