@@ -280,12 +280,9 @@ async fn bad_predict_images(db: Db) {
 async fn wrong_api_key(db: Db) {
     let (srv, good) = {
         let srv = TestServer::start_with(db, |c| c.api_key = Some("s3cret".into())).await;
-        let part = reqwest::multipart::Part::bytes(two_class_zip("", 4, 0)).file_name("d.zip");
         let r = srv
-            .client
-            .post(srv.url("/v1/datasets"))
+            .dataset_upload(two_class_zip("", 4, 0))
             .bearer_auth("s3cret")
-            .multipart(reqwest::multipart::Form::new().part("file", part))
             .send()
             .await
             .unwrap();

@@ -85,10 +85,7 @@ async fn kill_during_stage_two(db: Db) {
     let mut child = spawn(dir.path(), port, &url);
     wait_up(&c, &base).await;
 
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 12, 4)).file_name("d.zip");
-    let ds: Value = c
-        .post(format!("{base}/v1/datasets"))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
+    let ds: Value = dataset_upload(&c, &base, two_class_zip("", 12, 4))
         .send()
         .await
         .unwrap()
@@ -166,8 +163,7 @@ async fn sigkill_inside_an_epoch_resumes_at_the_next_batch() {
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_with(dir.path(), port, &url, &every);
     wait_up(&c, &base).await;
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 40, 4)).file_name("d.zip");
-    let ds: Value = c.post(format!("{base}/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part))
+    let ds: Value = dataset_upload(&c, &base, two_class_zip("", 40, 4))
         .send().await.unwrap().json().await.unwrap();
     let mut spec = tiny_job(ds["id"].as_str().expect("dataset created"), 1, 2);
     spec["hyperparameters"]["batch_size"] = json!(4); // 20 batches per epoch

@@ -133,8 +133,7 @@ async fn keyed_reads_need_the_key(db: Db) {
 async fn keyless_refuses_foreign_origins_and_hosts(db: Db) {
     let srv = TestServer::start(db).await;
     let upload = |origin: Option<String>| {
-        let part = reqwest::multipart::Part::bytes(two_class_zip("", 3, 0)).file_name("d.zip");
-        let mut rb = srv.client.post(srv.url("/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part));
+        let mut rb = srv.dataset_upload(two_class_zip("", 3, 0));
         if let Some(o) = origin {
             rb = rb.header("origin", o);
         }
@@ -202,10 +201,8 @@ async fn public_bind_without_a_key_does_not_start() {
 async fn job_too_large_for_the_machine(db: Db) {
     let srv = TestServer::start_with(db, |c| c.api_key = Some("admission-key".into())).await;
     let auth = |rb: reqwest::RequestBuilder| rb.bearer_auth("admission-key");
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 4, 2)).file_name("d.zip");
     let (s, ds) = json_of(
-        auth(srv.client.post(srv.url("/v1/datasets")))
-            .multipart(reqwest::multipart::Form::new().part("file", part))
+        auth(srv.dataset_upload(two_class_zip("", 4, 2)))
             .send()
             .await
             .unwrap(),
@@ -257,8 +254,7 @@ async fn job_killing_its_process_fails_after_max_attempts(db: Db) {
     let args = ["--max-attempts", "2", "--progress-every", "1"];
     let mut child = spawn_server(dir.path(), port, &url, &args);
     wait_for("start", Duration::from_secs(30), || async { c.get(format!("{base}/health")).send().await.is_ok() }).await;
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 12, 4)).file_name("d.zip");
-    let ds: Value = c.post(format!("{base}/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part))
+    let ds: Value = dataset_upload(&c, &base, two_class_zip("", 12, 4))
         .send().await.unwrap().json().await.unwrap();
     let job: Value = c.post(format!("{base}/v1/jobs")).json(&tiny_job(ds["id"].as_str().unwrap(), 1, 500))
         .send().await.unwrap().json().await.unwrap();
@@ -285,8 +281,7 @@ async fn job_killing_its_process_fails_after_max_attempts(db: Db) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let j = get_job(c.clone(), base.clone(), job_id.clone()).await.unwrap();
     assert_eq!(j["status"], "failed", "{j}");
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 3, 0)).file_name("d.zip");
-    let s = c.post(format!("{base}/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part))
+    let s = dataset_upload(&c, &base, two_class_zip("", 3, 0))
         .send().await.unwrap().status();
     assert_eq!(s, StatusCode::CREATED);
     let events: Value = c.get(format!("{base}/v1/jobs/{job_id}/events")).send().await.unwrap().json().await.unwrap();

@@ -112,10 +112,7 @@ async fn two_workers_one_api_share_postgres_and_s3() {
     ];
 
     // A dataset uploaded to the API process lands in S3 as one object.
-    let part = reqwest::multipart::Part::bytes(two_class_zip("", 12, 4)).file_name("d.zip");
-    let ds: Value = c
-        .post(format!("{base}/v1/datasets"))
-        .multipart(reqwest::multipart::Form::new().part("file", part))
+    let ds: Value = dataset_upload(&c, &base, two_class_zip("", 12, 4))
         .send()
         .await
         .unwrap()

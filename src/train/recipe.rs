@@ -409,8 +409,33 @@ fn stage1(
     (train_s, val_s): (&[&Sample], &[&Sample]),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(String, CheckpointMeta), TrainError> {
-    let (spec, cfg, dev, size, classes, cancel) = (r.spec, r.cfg, r.dev, r.size, &r.classes, r.cancel);
-    let meta_for = |stage, epoch, train, validation, step, confusion| r.meta(stage, epoch, train, validation, step, confusion);
+    let (store, train_views, val_feats) = feature_pass(r, bb, (train, val), (train_s, val_s), on_event)?;
+    let Some(best) = head_epochs(r, head, (&train.labels, &val.labels), (&train_views, &val_feats), on_event)? else {
+        return Err(TrainError::Config("stage 1 ran no epoch".into()));
+    };
+    head.kernel.set(&best.kernel)?;
+    head.bias.set(&best.bias)?;
+    let (epoch, ev) = (best.epoch, best.eval);
+    let name = checkpoint::name(Stage::Frozen, epoch);
+    let meta = r.meta(Stage::Frozen, epoch, best.train, ev.metrics, 0, ev.confusion);
+    files::save(&r.spec.out_dir, &name, &files::model_tensors(bb, head)?, &[], &meta)?;
+    files::set_best(&r.spec.out_dir, &name)?;
+    store.remove()?;
+    on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
+    Ok((name, meta))
+}
+
+/// The frozen base's features of every training view (one, or
+/// `STAGE1_VIEWS` augmented ones) and of the validation images, on disk;
+/// a resumed run reuses what an interrupted one finished.
+fn feature_pass(
+    r: &Run,
+    bb: &Backbone,
+    (train, val): (&Images, &Images),
+    (train_s, val_s): (&[&Sample], &[&Sample]),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(FeatureStore, Vec<FeatureRows>, FeatureRows), TrainError> {
+    let (spec, cfg, cancel) = (r.spec, r.cfg, r.cancel);
     let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
     let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
     let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
@@ -424,7 +449,7 @@ fn stage1(
     // Everything the features depend on: a resumed run reuses the
     // batches an interrupted one finished only when all of it matches.
     let key = serde_json::json!({
-        "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": size,
+        "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": r.size,
         "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "weights": spec.weights,
         "train": train_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
         "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
@@ -438,32 +463,54 @@ fn stage1(
         let a = aug.map(|a| (a, cfg.seed ^ (v as u64 + 1) * 0x9e37));
         let mut rows = store.part(&format!("train-{v}"), train.len(), dim, sync_every)?;
         reused += rows.finished;
-        extract(&bb, &train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
+        extract(bb, train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
         train_views.push(rows);
     }
     let mut val_feats = store.part("validation", val.len(), dim, sync_every)?;
     reused += val_feats.finished;
-    extract(&bb, &val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
+    extract(bb, val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
     if reused > 0 {
         on_event(Event::Message {
             text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
         });
     }
+    Ok((store, train_views, val_feats))
+}
 
+/// Stage 1's best epoch so far: the head's weights and how it did.
+struct HeadBest {
+    epoch: usize,
+    kernel: Tensor,
+    bias: Tensor,
+    train: Metrics,
+    eval: Eval,
+}
+
+/// The head's epochs on the stored features (a random training view per
+/// batch), with early stopping on the validation loss; returns the best epoch.
+fn head_epochs(
+    r: &Run,
+    head: &Head,
+    (train_labels, val_labels): (&[u32], &[u32]),
+    (train_views, val_feats): (&[FeatureRows], &FeatureRows),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<HeadBest>, TrainError> {
+    let (cfg, dev) = (r.cfg, r.dev);
+    let n = train_labels.len();
     let mut opt = Adam::new(cfg.frozen_lr);
-    let mut best: Option<(f64, usize, Tensor, Tensor, Metrics, Eval)> = None;
+    let mut best: Option<HeadBest> = None;
     let mut since_best = 0;
     for epoch in 1..=cfg.frozen_epochs {
-        check_cancel(cancel)?;
+        check_cancel(r.cancel)?;
         let t0 = Instant::now();
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
-        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for chunk in order.chunks(cfg.batch_size) {
-            let view = if views > 1 { rand::Rng::gen_range(&mut rng, 0..views) } else { 0 };
+            let view = if train_views.len() > 1 { rand::Rng::gen_range(&mut rng, 0..train_views.len()) } else { 0 };
             let x = train_views[view].rows(chunk, dev)?;
-            let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
+            let labels: Vec<u32> = chunk.iter().map(|i| train_labels[*i]).collect();
             let (logits, tape) = head.forward_train(&x, &mut rng)?;
             let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
             let (dk, db, _) = head.backward(&tape, &dlogits)?;
@@ -471,20 +518,15 @@ fn stage1(
             loss_sum += l * chunk.len() as f64;
             correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
         }
-        let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-        let ev = evaluate(&head_logits_rows(&head, &val_feats, cfg.batch_size, dev)?, &val.labels, classes.len())?;
+        let train_m = Metrics { loss: loss_sum / n as f64, accuracy: correct as f64 / n as f64 };
+        let ev = evaluate(&head_logits_rows(head, val_feats, cfg.batch_size, dev)?, val_labels, r.classes.len())?;
         finite(Stage::Frozen, epoch, &train_m, &ev.metrics, cfg.frozen_lr)?;
-        on_event(Event::Epoch {
-            stage: Stage::Frozen,
-            epoch,
-            epochs: cfg.frozen_epochs,
-            train: train_m,
-            validation: ev.metrics,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
-        if best.as_ref().is_none_or(|b| ev.metrics.loss < b.0) {
-            let (kk, bb_) = (head.kernel.as_tensor().copy()?, head.bias.as_tensor().copy()?);
-            best = Some((ev.metrics.loss, epoch, kk, bb_, train_m, ev));
+        let seconds = t0.elapsed().as_secs_f64();
+        let (epochs, validation) = (cfg.frozen_epochs, ev.metrics);
+        on_event(Event::Epoch { stage: Stage::Frozen, epoch, epochs, train: train_m, validation, seconds });
+        if best.as_ref().is_none_or(|b| ev.metrics.loss < b.eval.metrics.loss) {
+            let (kernel, bias) = (head.kernel.as_tensor().copy()?, head.bias.as_tensor().copy()?);
+            best = Some(HeadBest { epoch, kernel, bias, train: train_m, eval: ev });
             since_best = 0;
         } else {
             since_best += 1;
@@ -494,18 +536,7 @@ fn stage1(
             }
         }
     }
-    let Some((_, epoch, kk, bias, train_m, ev)) = best else {
-        return Err(TrainError::Config("stage 1 ran no epoch".into()));
-    };
-    head.kernel.set(&kk)?;
-    head.bias.set(&bias)?;
-    let name = checkpoint::name(Stage::Frozen, epoch);
-    let meta = meta_for(Stage::Frozen, epoch, train_m, ev.metrics, 0, ev.confusion);
-    files::save(&spec.out_dir, &name, &files::model_tensors(&bb, &head)?, &[], &meta)?;
-    files::set_best(&spec.out_dir, &name)?;
-    store.remove()?;
-    on_event(Event::Checkpoint { stage: Stage::Frozen, epoch, name: name.clone(), validation: meta.validation });
-    Ok((name, meta))
+    Ok(best)
 }
 
 /// One stage-2 step on batch `x`: forward through base and head, backward,
@@ -553,6 +584,39 @@ fn save_partial(
     Ok(())
 }
 
+/// Where stage 2 picks up: the epoch to start, Adam's state, the best
+/// stage-2 checkpoint so far and the epochs since it improved.
+struct Stage2Start {
+    epoch: usize,
+    opt: Adam,
+    best: Option<(String, CheckpointMeta)>,
+    since_best: usize,
+}
+
+fn stage2_start(
+    r: &Run,
+    existing: &[(String, CheckpointMeta)],
+    partial: Option<&Partial>,
+    resume_from: Option<&(String, CheckpointMeta)>,
+) -> Result<Stage2Start, TrainError> {
+    let (cfg, dev) = (r.cfg, r.dev);
+    let finetuned = || existing.iter().filter(|(_, m)| m.stage == Stage::Finetune);
+    let best = finetuned().min_by(|a, b| a.1.validation.loss.total_cmp(&b.1.validation.loss)).cloned();
+    let since_best = best.as_ref().map_or(0, |(_, b)| finetuned().filter(|(_, m)| m.epoch > b.epoch).count());
+    let (epoch, opt) = match (partial, resume_from) {
+        (Some((dir, m, p)), _) => {
+            let state = files::load_tensors(dir, files::OPTIMIZER_FILE, dev)?;
+            (p.epoch, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
+        }
+        (None, Some((name, m))) if m.stage == Stage::Finetune => {
+            let state = files::load_tensors(&r.spec.out_dir.join(name), files::OPTIMIZER_FILE, dev)?;
+            (m.epoch + 1, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
+        }
+        _ => (1, Adam::new(cfg.finetune_lr)),
+    };
+    Ok(Stage2Start { epoch, opt, best, since_best })
+}
+
 /// Stage 2: every layer trains (BatchNorm statistics stay), from the resume
 /// point, with mid-epoch checkpoints; returns the best stage-2 checkpoint.
 #[allow(clippy::too_many_arguments)]
@@ -566,99 +630,27 @@ fn stage2(
     stage1_best: &Option<(String, CheckpointMeta)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Option<(String, CheckpointMeta)>, TrainError> {
-    let (spec, cfg, dev, size, classes, cancel) = (r.spec, r.cfg, r.dev, r.size, &r.classes, r.cancel);
-    let meta_for = |stage, epoch, train, validation, step, confusion| r.meta(stage, epoch, train, validation, step, confusion);
-    let mut stage2_best: Option<(String, CheckpointMeta)> = existing
-        .iter()
-        .filter(|(_, m)| m.stage == Stage::Finetune)
-        .min_by(|a, b| a.1.validation.loss.total_cmp(&b.1.validation.loss))
-        .cloned();
-    let (start_epoch, mut opt) = match (&partial, &resume_from) {
-        (Some((dir, m, p)), _) => {
-            let state = files::load_tensors(dir, files::OPTIMIZER_FILE, dev)?;
-            (p.epoch, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
-        }
-        (None, Some((name, m))) if m.stage == Stage::Finetune => {
-            let state = files::load_tensors(&spec.out_dir.join(name), files::OPTIMIZER_FILE, dev)?;
-            (m.epoch + 1, Adam::restore(cfg.finetune_lr, m.optimizer_step, &state)?)
-        }
-        _ => (1, Adam::new(cfg.finetune_lr)),
-    };
+    let (spec, cfg) = (r.spec, r.cfg);
+    let start = stage2_start(r, existing, partial.as_ref(), resume_from.as_ref())?;
+    let (mut opt, mut stage2_best, mut since_best) = (start.opt, start.best, start.since_best);
     let mut inside = partial.map(|(_, _, p)| p);
     let mut last_partial = Instant::now();
-    let mut since_best = stage2_best
-        .as_ref()
-        .map(|(_, b)| existing.iter().filter(|(_, m)| m.stage == Stage::Finetune && m.epoch > b.epoch).count())
-        .unwrap_or(0);
-    let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
-    let steps = train.len().div_ceil(cfg.batch_size);
-    let progress_every = (steps / 20).max(1);
-    for epoch in start_epoch..=cfg.finetune_epochs {
+    for epoch in start.epoch..=cfg.finetune_epochs {
         if cfg.patience > 0 && since_best >= cfg.patience {
             on_event(Event::Message { text: format!("stage 2: early stop before epoch {epoch}") });
             break;
         }
         let t0 = Instant::now();
-        let epoch_seed = cfg.seed.wrapping_mul(7_000_003) ^ (epoch as u64) << 8;
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
         // Continuing inside this epoch: the same order, from the next batch.
         let resumed = inside.take().filter(|p| p.epoch == epoch);
-        let skip = resumed.as_ref().map_or(0, |p| p.steps_done);
-        let (mut loss_sum, mut correct) = resumed.map_or((0.0, 0usize), |p| (p.loss_sum, p.correct));
-        // The next batches are read (and augmented) while this one trains.
-        let make = |(step, chunk)| {
-            let (_, batch_seed) = step_rng(epoch_seed, step);
-            let x = match aug {
-                Some(a) => {
-                    let f = |slot: usize, img: &[u8]| {
-                        let mut r = rand::rngs::StdRng::seed_from_u64(batch_seed ^ slot as u64);
-                        a.apply(img, size, &mut r)
-                    };
-                    train.batch(chunk, cfg.backbone.scaling(), dev, Some(&f))?
-                }
-                None => train.batch(chunk, cfg.backbone.scaling(), dev, None)?,
-            };
-            Ok::<_, TrainError>((step, chunk, x))
-        };
-        let batches = order.chunks(cfg.batch_size).enumerate().skip(skip);
-        loader::prefetch(batches, PREFETCH, make, |(step, chunk, x)| {
-            check_cancel(cancel)?;
-            let step_started = Instant::now();
-            let (mut rng, _) = step_rng(epoch_seed, step);
-            let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
-            let (l, right) = finetune_step(bb, head, &mut opt, x, &labels, &mut rng)?;
-            loss_sum += l * chunk.len() as f64;
-            correct += right;
-            metrics::histogram!("tuneserve_train_step_seconds", "stage" => "finetune").record(step_started.elapsed().as_secs_f64());
-            if (step + 1) % progress_every == 0 || step + 1 == steps {
-                // This epoch's pace (from where it started or resumed), for all
-                // steps left in the stage.
-                let left = steps - (step + 1) + (cfg.finetune_epochs - epoch) * steps;
-                let eta_s = eta(t0, step + 1 - skip, step + 1 - skip + left);
-                on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps, eta_s });
-            }
-            if spec.partial_every.is_some_and(|every| last_partial.elapsed() >= every) && step + 1 < steps {
-                let progress = checkpoint::EpochProgress { epoch, steps_done: step + 1, loss_sum, correct };
-                save_partial(r, bb, head, &opt, train.len(), progress)?;
-                last_partial = Instant::now();
-            }
-            Ok(())
-        })?;
-        let train_m = Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 };
-        let ev = evaluate(&logits_of(&bb, &head, &val, cfg, cancel)?, &val.labels, classes.len())?;
+        let train_m = finetune_epoch(r, (bb, head, &mut opt), train, epoch, resumed, &mut last_partial, on_event)?;
+        let ev = evaluate(&logits_of(bb, head, val, cfg, r.cancel)?, &val.labels, r.classes.len())?;
         finite(Stage::Finetune, epoch, &train_m, &ev.metrics, cfg.finetune_lr)?;
-        on_event(Event::Epoch {
-            stage: Stage::Finetune,
-            epoch,
-            epochs: cfg.finetune_epochs,
-            train: train_m,
-            validation: ev.metrics,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        let (epochs, validation, seconds) = (cfg.finetune_epochs, ev.metrics, t0.elapsed().as_secs_f64());
+        on_event(Event::Epoch { stage: Stage::Finetune, epoch, epochs, train: train_m, validation, seconds });
         let name = checkpoint::name(Stage::Finetune, epoch);
-        let meta = meta_for(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
-        files::save(&spec.out_dir, &name, &files::model_tensors(&bb, &head)?, &opt.state(), &meta)?;
+        let meta = r.meta(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
+        files::save(&spec.out_dir, &name, &files::model_tensors(bb, head)?, &opt.state(), &meta)?;
         files::remove_partial(&spec.out_dir)?;
         on_event(Event::Checkpoint { stage: Stage::Finetune, epoch, name: name.clone(), validation: meta.validation });
         let improved = stage2_best.as_ref().is_none_or(|(_, b)| meta.validation.loss < b.validation.loss);
@@ -670,11 +662,76 @@ fn stage2(
         }
         // Keep the best and the newest stage-2 checkpoints only (each holds Adam state too).
         prune(&spec.out_dir, &[stage1_best.as_ref().map(|b| b.0.clone()), stage2_best.as_ref().map(|b| b.0.clone()), Some(name)])?;
-        if let Some(best) = better(&stage1_best, &stage2_best) {
+        if let Some(best) = better(stage1_best, &stage2_best) {
             files::set_best(&spec.out_dir, &best.0)?;
         }
     }
     Ok(stage2_best)
+}
+
+/// One stage-2 epoch over the training images (in the epoch's seeded order,
+/// from where a mid-epoch checkpoint left it), saving mid-epoch checkpoints
+/// as configured; returns the epoch's training metrics.
+#[allow(clippy::too_many_arguments)]
+fn finetune_epoch(
+    r: &Run,
+    (bb, head, opt): (&Backbone, &Head, &mut Adam),
+    train: &Images,
+    epoch: usize,
+    resumed: Option<checkpoint::EpochProgress>,
+    last_partial: &mut Instant,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Metrics, TrainError> {
+    let (spec, cfg, dev, size) = (r.spec, r.cfg, r.dev, r.size);
+    let t0 = Instant::now();
+    let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
+    let steps = train.len().div_ceil(cfg.batch_size);
+    let progress_every = (steps / 20).max(1);
+    let epoch_seed = cfg.seed.wrapping_mul(7_000_003) ^ (epoch as u64) << 8;
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+    let skip = resumed.as_ref().map_or(0, |p| p.steps_done);
+    let (mut loss_sum, mut correct) = resumed.map_or((0.0, 0usize), |p| (p.loss_sum, p.correct));
+    // The next batches are read (and augmented) while this one trains.
+    let make = |(step, chunk)| {
+        let (_, batch_seed) = step_rng(epoch_seed, step);
+        let x = match aug {
+            Some(a) => {
+                let f = |slot: usize, img: &[u8]| {
+                    let mut r = rand::rngs::StdRng::seed_from_u64(batch_seed ^ slot as u64);
+                    a.apply(img, size, &mut r)
+                };
+                train.batch(chunk, cfg.backbone.scaling(), dev, Some(&f))?
+            }
+            None => train.batch(chunk, cfg.backbone.scaling(), dev, None)?,
+        };
+        Ok::<_, TrainError>((step, chunk, x))
+    };
+    let batches = order.chunks(cfg.batch_size).enumerate().skip(skip);
+    loader::prefetch(batches, PREFETCH, make, |(step, chunk, x)| {
+        check_cancel(r.cancel)?;
+        let step_started = Instant::now();
+        let (mut rng, _) = step_rng(epoch_seed, step);
+        let labels: Vec<u32> = chunk.iter().map(|i| train.labels[*i]).collect();
+        let (l, right) = finetune_step(bb, head, opt, x, &labels, &mut rng)?;
+        loss_sum += l * chunk.len() as f64;
+        correct += right;
+        metrics::histogram!("tuneserve_train_step_seconds", "stage" => "finetune").record(step_started.elapsed().as_secs_f64());
+        if (step + 1) % progress_every == 0 || step + 1 == steps {
+            // This epoch's pace (from where it started or resumed), for all
+            // steps left in the stage.
+            let left = steps - (step + 1) + (cfg.finetune_epochs - epoch) * steps;
+            let eta_s = eta(t0, step + 1 - skip, step + 1 - skip + left);
+            on_event(Event::Progress { stage: Stage::Finetune, epoch, epochs: cfg.finetune_epochs, step: step + 1, steps, eta_s });
+        }
+        if spec.partial_every.is_some_and(|every| last_partial.elapsed() >= every) && step + 1 < steps {
+            let progress = checkpoint::EpochProgress { epoch, steps_done: step + 1, loss_sum, correct };
+            save_partial(r, bb, head, opt, train.len(), progress)?;
+            *last_partial = Instant::now();
+        }
+        Ok(())
+    })?;
+    Ok(Metrics { loss: loss_sum / train.len() as f64, accuracy: correct as f64 / train.len() as f64 })
 }
 
 /// A loss that is NaN or infinite ends the run with a reason a person can act

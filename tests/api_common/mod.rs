@@ -139,6 +139,11 @@ impl TestServer {
         json_of(self.client.post(self.url("/v1/datasets")).multipart(form).send().await.unwrap()).await
     }
 
+    /// POST /v1/datasets with `zip` as the file, not yet sent (add a key, an origin, ...).
+    pub fn dataset_upload(&self, zip: Vec<u8>) -> reqwest::RequestBuilder {
+        dataset_upload(&self.client, &self.base, zip)
+    }
+
     /// Uploads a good dataset and returns its id.
     pub async fn good_dataset(&self) -> String {
         let (s, v) = self.upload_zip(two_class_zip("", 12, 4)).await;
@@ -193,6 +198,12 @@ pub fn tiny_job(dataset_id: &str, frozen: usize, finetune: usize) -> Value {
             "finetune_lr": 1e-4, "patience": 0
         }
     })
+}
+
+/// POST `base`/v1/datasets with `zip` as the file, not yet sent.
+pub fn dataset_upload(c: &reqwest::Client, base: &str, zip: Vec<u8>) -> reqwest::RequestBuilder {
+    let part = reqwest::multipart::Part::bytes(zip).file_name("d.zip");
+    c.post(format!("{base}/v1/datasets")).multipart(reqwest::multipart::Form::new().part("file", part))
 }
 
 pub async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
