@@ -2,11 +2,11 @@
 //! then proves the server still answers and nothing stored was lost. Every
 //! case runs on SQLite and on PostgreSQL.
 
-mod api_common;
+mod test_server;
 
 use std::time::Duration;
 
-use api_common::*;
+use test_server::*;
 use serde_json::json;
 
 /// A server holding one good dataset (whose survival each case checks).

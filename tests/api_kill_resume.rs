@@ -2,12 +2,12 @@
 //! from its last checkpoint and succeeds, and every checkpoint on disk is
 //! complete (none half-written).
 
-mod api_common;
+mod test_server;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use test_server::*;
 use serde_json::{json, Value};
 
 

@@ -2,11 +2,11 @@
 //! docs, request ids, the prediction queue's 429, job claiming by several
 //! workers, cancel, graceful shutdown with resume, dataset layouts.
 
-mod api_common;
+mod test_server;
 
 use std::time::Duration;
 
-use api_common::*;
+use test_server::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

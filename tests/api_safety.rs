@@ -4,13 +4,13 @@
 //! public binds without a key, jobs too large for the machine, jobs that
 //! kill their process, and uploads that try to exhaust the disk.
 
-mod api_common;
+mod test_server;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use test_server::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -2,11 +2,11 @@
 //! PostgreSQL: upload -> job -> live events -> succeeded -> checkpoints ->
 //! model -> predict (raw, JSON base64, multipart; batched).
 
-mod api_common;
+mod test_server;
 
 use std::time::Duration;
 
-use api_common::*;
+use test_server::*;
 use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

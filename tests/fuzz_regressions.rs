@@ -1,5 +1,5 @@
 //! The fuzzers' seeds and every input a fuzzer ever crashed on, run through
-//! the same checks the fuzz targets make (fuzz/fuzz_targets/common.rs), so a
+//! the same checks the fuzz targets make (fuzz/fuzz_targets/ingest_checks.rs), so a
 //! fixed crash stays fixed without nightly or cargo-fuzz. Crash inputs live in
 //! tests/fuzz-regressions/<target>/ (docs/fuzzing.md).
 
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use tuneserve::data::image::{self, DecodeLimits};
 use tuneserve::data::ingest;
 
-#[path = "../fuzz/fuzz_targets/common.rs"]
-mod common;
+#[path = "../fuzz/fuzz_targets/ingest_checks.rs"]
+mod ingest_checks;
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -29,9 +29,9 @@ fn ingest_one(path: &Path) -> Result<tuneserve::data::dataset::DatasetManifest, 
     std::fs::copy(path, &upload).expect("copy input");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
+    let result = ingest::ingest(&upload, &dest, &ingest_checks::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
-    common::check(root.path(), &dest, &result);
+    ingest_checks::check(root.path(), &dest, &result);
     result
 }
 

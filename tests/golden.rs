@@ -1,6 +1,6 @@
 //! Layer-by-layer parity with Keras on real photos (../shared/golden).
 
-mod common;
+mod fixtures;
 
 use candle_core::{Device, Tensor};
 use tuneserve::model::net::{Net, Node};
@@ -30,8 +30,8 @@ fn check(name: &str, ours: &Tensor, reference: &Tensor) {
 #[test]
 fn xception_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
-    let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
-    let weights = common::xception_weights();
+    let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let weights = fixtures::xception_weights();
     let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &weights, false, &dev).unwrap();
     let net = &bb.net;
     let input = &golden["input"];
@@ -62,8 +62,8 @@ fn param_names(net: &Net, node: &Node, out: &mut Vec<String>) {
 #[test]
 fn mobilenet_v2_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
-    let golden = candle_core::safetensors::load(common::fixture("golden/mobilenet_v2_golden.safetensors"), &dev).unwrap();
-    let weights = common::mobilenet_v2_weights();
+    let golden = candle_core::safetensors::load(fixtures::fixture("golden/mobilenet_v2_golden.safetensors"), &dev).unwrap();
+    let weights = fixtures::mobilenet_v2_weights();
     let bb = Backbone::build(BackboneKind::MobilenetV2, Variant::Full, &weights, false, &dev).unwrap();
     let net = &bb.net;
     let input = &golden["input"];
@@ -107,9 +107,9 @@ fn mobilenet_v2_matches_keras_layer_by_layer() {
 #[test]
 fn kitchenware_head_on_our_gap_matches_keras_logits() {
     let dev = Device::Cpu;
-    let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
-    let head = candle_core::safetensors::load(common::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &common::xception_weights(), false, &dev).unwrap();
+    let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let head = candle_core::safetensors::load(fixtures::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, &dev).unwrap();
     let gap = bb.features(&golden["input"]).unwrap();
     let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
     let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
@@ -121,10 +121,10 @@ fn kitchenware_head_on_our_gap_matches_keras_logits() {
 #[test]
 fn embed_cli_on_the_photos_matches_keras_gap() {
     let dev = Device::Cpu;
-    let golden = candle_core::safetensors::load(common::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
     let order = ["0000", "0009", "0001", "0207", "0004", "0013", "0412", "0291"];
-    let paths: Vec<String> = order.iter().map(|n| common::fixture(&format!("golden/images/{n}.jpg")).display().to_string()).collect();
-    let weights = common::fixture("weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5");
+    let paths: Vec<String> = order.iter().map(|n| fixtures::fixture(&format!("golden/images/{n}.jpg")).display().to_string()).collect();
+    let weights = fixtures::fixture("weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuneserve"))
         .args(["embed", "--backbone", "xception", "--device", "cpu", "--weights"])
         .arg(&weights)

@@ -12,13 +12,13 @@
 //! TUNESERVE_TEST_S3_URL (scripts/start-s3.sh); `.ci/run` sets both. Fails,
 //! never skips, without them.
 
-mod api_common;
+mod test_server;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use test_server::*;
 use serde_json::{json, Value};
 
 /// Seconds without a heartbeat after which a job is taken over.

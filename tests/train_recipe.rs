@@ -1,7 +1,7 @@
 //! The two-stage recipe end to end on tiny generated data and the tiny
 //! Xception: it learns, it is reproducible, and resume continues exactly.
 
-mod common;
+mod fixtures;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -53,7 +53,7 @@ fn epochs(events: &[Event]) -> Vec<(Stage, usize, f64, f64)> {
 #[test]
 fn learns_two_generated_classes_and_predicts() {
     let dir = tempfile::tempdir().unwrap();
-    common::synthetic::write_dataset(&dir.path().join("data"), 2, 40, 20, 71, 1);
+    fixtures::synthetic::write_dataset(&dir.path().join("data"), 2, 40, 20, 71, 1);
     let mut events = Vec::new();
     let s = spec(&dir.path().join("data"), &dir.path().join("out"), config(20, 1), false);
     let summary = train::run(s, &mut |e| events.push(e), &AtomicBool::new(false)).unwrap();
@@ -67,7 +67,7 @@ fn learns_two_generated_classes_and_predicts() {
     // The published checkpoint predicts a fresh image of each class.
     let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(77);
-    let imgs: Vec<_> = (0..2).map(|c| common::synthetic::image_of(c, 71, &mut rng)).collect();
+    let imgs: Vec<_> = (0..2).map(|c| fixtures::synthetic::image_of(c, 71, &mut rng)).collect();
     let preds = p.predict(&imgs).unwrap();
     assert_eq!(preds[0].label, "class0");
     assert_eq!(preds[1].label, "class1");
@@ -79,13 +79,13 @@ fn learns_two_generated_classes_and_predicts() {
 #[test]
 fn three_classes_use_softmax_and_learn() {
     let dir = tempfile::tempdir().unwrap();
-    common::synthetic::write_dataset(&dir.path().join("data"), 3, 30, 10, 71, 2);
+    fixtures::synthetic::write_dataset(&dir.path().join("data"), 3, 30, 10, 71, 2);
     let s = spec(&dir.path().join("data"), &dir.path().join("out"), config(20, 0), false);
     let summary = train::run(s, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert!(summary.validation.accuracy >= 0.9, "validation accuracy {}", summary.validation.accuracy);
     let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
-    let pred = p.predict(&[common::synthetic::image_of(2, 71, &mut rng)]).unwrap();
+    let pred = p.predict(&[fixtures::synthetic::image_of(2, 71, &mut rng)]).unwrap();
     assert_eq!(pred[0].logits.len(), 3);
 }
 
@@ -93,7 +93,7 @@ fn three_classes_use_softmax_and_learn() {
 fn same_seed_same_metrics_and_resume_continues_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    common::synthetic::write_dataset(&data, 2, 24, 8, 71, 3);
+    fixtures::synthetic::write_dataset(&data, 2, 24, 8, 71, 3);
     let cfg = config(3, 3);
 
     let mut full = Vec::new();
@@ -143,7 +143,7 @@ fn same_seed_same_metrics_and_resume_continues_where_it_stopped() {
 fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    common::synthetic::write_dataset(&data, 2, 40, 16, 71, 4);
+    fixtures::synthetic::write_dataset(&data, 2, 40, 16, 71, 4);
     let cfg = TrainConfig { batch_size: 8, ..config(3, 0) };
 
     let mut full = Vec::new();
@@ -191,7 +191,7 @@ fn interrupted_feature_pass_resumes_without_redoing_finished_batches() {
 fn stopped_inside_an_epoch_resumes_at_the_next_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    common::synthetic::write_dataset(&data, 2, 24, 8, 71, 5);
+    fixtures::synthetic::write_dataset(&data, 2, 24, 8, 71, 5);
     let cfg = TrainConfig { batch_size: 8, augment: true, ..config(1, 2) };
     let every = |out: &std::path::Path, resume| RunSpec { partial_every: Some(std::time::Duration::ZERO), ..spec(&data, out, cfg.clone(), resume) };
 
@@ -237,7 +237,7 @@ fn stopped_inside_an_epoch_resumes_at_the_next_batch() {
 fn a_diverging_run_fails_with_a_clear_reason() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    common::synthetic::write_dataset(&data, 2, 16, 8, 71, 6);
+    fixtures::synthetic::write_dataset(&data, 2, 16, 8, 71, 6);
     let cfg = TrainConfig { frozen_lr: 1e38, ..config(3, 0) };
     let err = train::run(spec(&data, &dir.path().join("out"), cfg, false), &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(_)), "{err}");

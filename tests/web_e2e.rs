@@ -7,7 +7,7 @@
 //! binaries with CHROMEDRIVER / CHROMIUM. Screenshots go to
 //! `<target>/test-artifacts/` (or TUNESERVE_TEST_ARTIFACTS).
 
-mod api_common;
+mod test_server;
 
 use std::future::Future;
 use std::io::Cursor;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::{zip_of, Db, TestServer};
+use test_server::{zip_of, Db, TestServer};
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use serde_json::{json, Value};

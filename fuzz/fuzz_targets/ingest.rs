@@ -4,8 +4,8 @@
 use libfuzzer_sys::fuzz_target;
 use tuneserve::data::ingest;
 
-#[path = "common.rs"]
-mod common;
+#[path = "ingest_checks.rs"]
+mod ingest_checks;
 
 fuzz_target!(|data: &[u8]| {
     let root = tempfile::tempdir().expect("tempdir");
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&upload, data).expect("write upload");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
+    let result = ingest::ingest(&upload, &dest, &ingest_checks::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
-    common::check(root.path(), &dest, &result);
+    ingest_checks::check(root.path(), &dest, &result);
 });

@@ -10,8 +10,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tuneserve::data::ingest::{self, IngestError};
 
-#[path = "common.rs"]
-mod common;
+#[path = "ingest_checks.rs"]
+mod ingest_checks;
 
 #[derive(Arbitrary, Debug)]
 enum Format {
@@ -153,13 +153,13 @@ fuzz_target!(|input: Input| {
     std::fs::write(&upload, &bytes).expect("write upload");
     let dest = root.path().join("dataset");
     std::fs::create_dir(&dest).expect("dest");
-    let result = ingest::ingest(&upload, &dest, &common::limits(), &Default::default());
+    let result = ingest::ingest(&upload, &dest, &ingest_checks::limits(), &Default::default());
     std::fs::remove_file(&upload).expect("remove upload");
-    common::check(root.path(), &dest, &result);
+    ingest_checks::check(root.path(), &dest, &result);
     // Any entry that tries to climb out, or any link, refuses the whole archive
     // (when the archive is otherwise readable and within limits).
     let limited = matches!(result, Err(IngestError::TooManyEntries(_) | IngestError::TooLarge(_)));
-    let within = input.entries.len() as u64 <= common::limits().max_entries;
+    let within = input.entries.len() as u64 <= ingest_checks::limits().max_entries;
     if within && !limited {
         let first_bad = input.entries.iter().any(|e| e.segments.iter().any(|s| escapes(s)) || matches!(e.kind, Kind::Symlink(_) | Kind::HardLink(_)));
         if first_bad {

@@ -6,7 +6,7 @@ mod datasets;
 mod guard;
 mod jobs;
 mod models;
-mod ops;
+mod operations;
 mod page;
 mod predict;
 pub mod types;
@@ -36,7 +36,7 @@ use crate::serve::registry::Registry;
 use crate::store::{ArtifactStore, Db};
 
 pub use crate::error::ServeError;
-pub use ops::ApiDoc;
+pub use operations::ApiDoc;
 
 /// What the handlers share.
 pub struct AppState {
@@ -155,11 +155,11 @@ pub fn router(state: SharedState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let app = Router::new()
         .nest("/v1", v1)
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/docs", get(ops::docs));
+        .route("/health", get(operations::health))
+        .route("/ready", get(operations::ready))
+        .route("/metrics", get(operations::metrics))
+        .route("/openapi.json", get(operations::openapi))
+        .route("/docs", get(operations::docs));
     // The web page; whatever it does not hold is the API's JSON 404.
     let app = match &cfg.static_dir {
         Some(dir) => app.fallback_service(
