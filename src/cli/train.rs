@@ -35,8 +35,9 @@ pub struct TrainArgs {
     pub checkpoint_minutes: f64,
     #[arg(long, default_value = "xception")]
     pub backbone: BackboneKind,
-    #[arg(long, value_enum, default_value = "full")]
-    pub variant: VariantArg,
+    /// full (the pretrained network) or tiny (a small seeded one, for trying things out).
+    #[arg(long, default_value = "full")]
+    pub variant: Variant,
     #[arg(long)]
     pub image_size: Option<usize>,
     #[arg(long, default_value_t = 32)]
@@ -64,12 +65,6 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum VariantArg {
-    Full,
-    Tiny,
 }
 
 impl TrainArgs {
@@ -112,8 +107,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (root, manifest) = dataset_dir(&args)?;
     let weights = match (&args.weights, args.variant) {
         (Some(p), _) => WeightsChoice::Pretrained(p.clone()),
-        (None, VariantArg::Tiny) => WeightsChoice::Seeded,
-        (None, VariantArg::Full) => anyhow::bail!(
+        (None, Variant::Tiny) => WeightsChoice::Seeded,
+        (None, Variant::Full) => anyhow::bail!(
             "--weights is required for the full network (run `tuneserve weights fetch xception` and pass the file it prints)"
         ),
     };
@@ -126,10 +121,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         cache_dir: args.out.join("pixel-cache"),
         partial_every: (args.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(args.checkpoint_minutes * 60.0)),
         weights,
-        variant: match args.variant {
-            VariantArg::Full => Variant::Full,
-            VariantArg::Tiny => Variant::Tiny,
-        },
+        variant: args.variant,
         out_dir: args.out.clone(),
         resume: args.resume,
         device,

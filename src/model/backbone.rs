@@ -65,6 +65,17 @@ impl std::str::FromStr for BackboneKind {
     }
 }
 
+impl std::str::FromStr for Variant {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "full" => Ok(Self::Full),
+            "tiny" => Ok(Self::Tiny),
+            _ => Err(format!("unknown variant {s:?} (expected full or tiny)")),
+        }
+    }
+}
+
 pub struct Backbone {
     pub kind: BackboneKind,
     pub variant: Variant,

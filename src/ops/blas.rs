@@ -118,6 +118,8 @@ impl Blas {
         }
     }
 
+    /// # Safety
+    /// As [`Blas::sgemm`], with C's rows `ldc` floats apart.
     #[allow(clippy::too_many_arguments)] // ldc differs from n when C is split by columns
     unsafe fn serial(&self, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize) {
         let ((ta, lda), (tb, ldb)) = (a.cblas(), b.cblas());
@@ -129,7 +131,10 @@ impl Blas {
 /// parts of C and only read A and B.
 #[derive(Clone, Copy)]
 struct Shared<T: Copy>(T);
+// SAFETY: only raw views and pointers are wrapped; the tasks that share them
+// write disjoint column blocks of C and read A and B, which outlive the scope.
 unsafe impl<T: Copy> Send for Shared<T> {}
+// SAFETY: as for Send.
 unsafe impl<T: Copy> Sync for Shared<T> {}
 impl<T: Copy> Shared<T> {
     fn get(self) -> T {
