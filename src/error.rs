@@ -10,12 +10,10 @@ use serde::Serialize;
 pub enum ServeError {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("artifact store: {0}")]
-    Artifacts(#[from] crate::store::ArtifactError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::StartError),
 }
 
 /// An error as the API reports it. `code` is a stable machine-readable

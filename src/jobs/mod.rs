@@ -53,6 +53,19 @@ pub struct JobContext {
     pub runtime: Handle,
 }
 
+/// Why job processing could not start (or stop cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] crate::store::ArtifactError),
+}
+
 impl JobContext {
     /// What a process that runs jobs needs, from its settings: the data
     /// folder, the device, the database (migrated), the artifact store and
@@ -60,13 +73,12 @@ impl JobContext {
     pub async fn open(
         cfg: Arc<ServeConfig>,
         shutdown: CancellationToken,
-    ) -> Result<(Self, Arc<rayon::ThreadPool>), crate::error::ServeError> {
-        use crate::error::ServeError;
+    ) -> Result<(Self, Arc<rayon::ThreadPool>), StartError> {
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let device = cfg.candle_device().map_err(ServeError::Config)?;
+        let device = cfg.candle_device().map_err(StartError::Config)?;
         let db = Db::connect(&cfg.database_url()).await?;
         let artifacts = crate::store::open_artifacts(cfg.artifacts.as_deref(), &cfg.data_dir)?;
-        let pools = cfg.compute_pools().map_err(ServeError::Config)?;
+        let pools = cfg.compute_pools().map_err(StartError::Config)?;
         let instance = cfg.instance_name();
         tracing::info!(instance = %instance, artifacts = %artifacts.describe(), device = ?device, "starting");
         let ctx = Self {
@@ -89,7 +101,7 @@ impl JobContext {
 /// Queues again the jobs this instance left running (they resume from their
 /// last checkpoint), starts the sweeper that does the same for jobs of
 /// silent processes, and `n` worker threads.
-pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>, crate::error::ServeError> {
+pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>, StartError> {
     let resumed = recover_orphans(&ctx, Some(&ctx.instance)).await?;
     if resumed > 0 {
         info!(jobs = resumed, "jobs interrupted by a stop are queued again and resume from their last checkpoint");
@@ -100,14 +112,14 @@ pub async fn start(ctx: Arc<JobContext>, n: usize) -> Result<Vec<JoinHandle<()>>
 
 /// Waits, off the async runtime, for the worker threads to return (each stops
 /// at its next checkpoint once `shutdown` is cancelled).
-pub async fn join(workers: Vec<JoinHandle<()>>) -> Result<(), crate::error::ServeError> {
+pub async fn join(workers: Vec<JoinHandle<()>>) -> Result<(), StartError> {
     tokio::task::spawn_blocking(move || {
         for w in workers {
             let _ = w.join();
         }
     })
     .await
-    .map_err(|e| crate::error::ServeError::Config(format!("worker join: {e}")))
+    .map_err(|e| StartError::Config(format!("worker join: {e}")))
 }
 
 /// Every half lease, requeues running jobs whose holder stopped beating.

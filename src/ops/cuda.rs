@@ -33,6 +33,8 @@ impl GpuElem for f64 {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct GeomC([i32; 8]);
+// SAFETY: plain old data (eight i32, repr(C)) with the layout of ops.cu's
+// `struct Geom`, so it can be copied to the device as a kernel argument.
 unsafe impl DeviceRepr for GeomC {}
 
 impl From<&Geom> for GeomC {
@@ -85,6 +87,20 @@ macro_rules! func {
     };
 }
 
+/// Launches the kernel `<name>_<T>` with `cfg` and the arguments in order.
+/// One statement, so the temporaries the arguments borrow outlive the launch.
+macro_rules! launch {
+    ($dev:expr, $t:ty, $name:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        let f = func!($dev, $t, $name)?;
+        // SAFETY: the arguments follow the kernel's parameter list in ops.cu
+        // (order and types; the CUDA tests run every kernel), each buffer
+        // holds every element the kernel indexes (allocated from the same
+        // sizes and geometry passed here), and the kernels bound their loops
+        // by those sizes.
+        unsafe { f.builder()$(.arg($arg))+.launch($cfg) }.w()?;
+    }};
+}
+
 /// Uninitialised output of `n` elements (every kernel writes all of it).
 fn alloc<T: GpuElem>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: the kernel launched next writes every element.
@@ -107,11 +123,7 @@ pub(crate) fn act_fwd(s: &CudaStorage, l: &Layout, a: Act) -> Result<(CudaStorag
     gpu_dispatch!(s, |T| {
         let x = view::<T>(s, l)?;
         let y = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "act_fwd")?;
-        let (n64, code) = (n as i64, act_code(Some(a)));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&x).arg(&y).arg(&code);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "act_fwd", elems(n); &(n as i64), &x, &y, &act_code(Some(a)));
         wrap(y, dev, l.shape().clone())
     })
 }
@@ -122,11 +134,7 @@ pub(crate) fn act_grad(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Lay
     gpu_dispatch!(s1, |T| {
         let (y, dy) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
         let dx = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "act_grad")?;
-        let (n64, code) = (n as i64, act_code(Some(a)));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&y).arg(&dy).arg(&dx).arg(&code);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "act_grad", elems(n); &(n as i64), &y, &dy, &dx, &act_code(Some(a)));
         wrap(dx, dev, l1.shape().clone())
     })
 }
@@ -148,11 +156,7 @@ pub(crate) fn affine_fwd(
     gpu_dispatch!(s1, |T| {
         let (x, scale, shift) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
         let y = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "affine_fwd")?;
-        let (n64, pc, code) = (n as i64, per_ch as i64, act_code(a));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&pc).arg(&x).arg(&scale).arg(&shift).arg(&y).arg(&code);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "affine_fwd", elems(n); &(n as i64), &(per_ch as i64), &x, &scale, &shift, &y, &act_code(a));
         wrap(y, dev, l1.shape().clone())
     })
 }
@@ -173,11 +177,7 @@ pub(crate) fn affine_input_grad(
     gpu_dispatch!(s1, |T| {
         let (y, dy, scale) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
         let dx = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "affine_input_grad")?;
-        let (n64, pc, code) = (n as i64, per_ch as i64, act_code(a));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&pc).arg(&y).arg(&dy).arg(&scale).arg(&dx).arg(&code);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "affine_input_grad", elems(n); &(n as i64), &(per_ch as i64), &y, &dy, &scale, &dx, &act_code(a));
         wrap(dx, dev, l1.shape().clone())
     })
 }
@@ -185,11 +185,7 @@ pub(crate) fn affine_input_grad(
 /// Sums `part` (rows, splits, width) over splits into (rows, width), in split order.
 fn sum_splits<T: GpuElem>(dev: &CudaDevice, part: &CudaSlice<T>, rows: usize, splits: usize, width: usize) -> Result<CudaSlice<T>> {
     let out = alloc::<T>(dev, rows * width)?;
-    let f = func!(dev, T, "sum_splits")?;
-    let (r, s, w) = (rows as i64, splits as i64, width as i64);
-    let mut b = f.builder();
-    b.arg(&r).arg(&s).arg(&w).arg(part).arg(&out);
-    unsafe { b.launch(elems(rows * width)) }.w()?;
+    launch!(dev, T, "sum_splits", elems(rows * width); &(rows as i64), &(splits as i64), &(width as i64), part, &out);
     Ok(out)
 }
 
@@ -212,16 +208,12 @@ pub(crate) fn affine_param_grad(
     gpu_dispatch!(s1, |T| {
         let (x, y, dy) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
         let part = alloc::<T>(dev, c * splits * 2)?;
-        let f = func!(dev, T, "affine_param_partial")?;
-        let (pc, chunk, code) = (per_ch as i64, CHUNK as i64, act_code(a));
         let cfg = LaunchConfig {
             grid_dim: (c as u32, splits as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 2 * THREADS * std::mem::size_of::<T>() as u32,
         };
-        let mut b = f.builder();
-        b.arg(&pc).arg(&chunk).arg(&x).arg(&y).arg(&dy).arg(&part).arg(&code);
-        unsafe { b.launch(cfg) }.w()?;
+        launch!(dev, T, "affine_param_partial", cfg; &(per_ch as i64), &(CHUNK as i64), &x, &y, &dy, &part, &act_code(a));
         let out = sum_splits(dev, &part, c, splits, 2)?;
         wrap(out, dev, (c, 2))
     })
@@ -245,8 +237,6 @@ pub(crate) fn depthwise_fwd(
     gpu_dispatch!(s1, |T| {
         let (x, k) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
         let y = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "dw_fwd")?;
-        let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
         // With no pre-affine, pre_act = -2 and the (unread) vectors are one element.
         let (scale, shift, code): (Vec<T>, Vec<T>, i32) = match pre {
             None => (vec![0 as T], vec![0 as T], -2),
@@ -256,9 +246,8 @@ pub(crate) fn depthwise_fwd(
             Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
         };
         let (scale, shift) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
-        let mut b = f.builder();
-        b.arg(&n64).arg(&b32).arg(&gc).arg(&x).arg(&k).arg(&y).arg(&scale).arg(&shift).arg(&code);
-        unsafe { b.launch(elems(n)) }.w()?;
+        let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
+        launch!(dev, T, "dw_fwd", elems(n); &n64, &b32, &gc, &x, &k, &y, &scale, &shift, &code);
         wrap(y, dev, (c, bsz, g.out_h, g.out_w))
     })
 }
@@ -277,11 +266,7 @@ pub(crate) fn depthwise_input_grad(
     gpu_dispatch!(s1, |T| {
         let (dy, k) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
         let dx = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "dw_input_grad")?;
-        let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&b32).arg(&gc).arg(&dy).arg(&k).arg(&dx);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "dw_input_grad", elems(n); &(n as i64), &(bsz as i32), &GeomC::from(g), &dy, &k, &dx);
         wrap(dx, dev, (c, bsz, g.in_h, g.in_w))
     })
 }
@@ -303,8 +288,6 @@ pub(crate) fn depthwise_kernel_grad(
     gpu_dispatch!(s1, |T| {
         let (x, dy) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
         let part = alloc::<T>(dev, c * bsz * kk)?;
-        let f = func!(dev, T, "dw_kernel_grad_partial")?;
-        let gc = GeomC::from(g);
         // One block per plane; small planes (the 19x19 middle flow) get small
         // blocks, so that threads are not left idle through the reductions.
         let threads = (g.out_plane() / 4).next_power_of_two().clamp(32, THREADS as usize) as u32;
@@ -313,9 +296,7 @@ pub(crate) fn depthwise_kernel_grad(
             block_dim: (threads, 1, 1),
             shared_mem_bytes: threads * std::mem::size_of::<T>() as u32,
         };
-        let mut b = f.builder();
-        b.arg(&gc).arg(&x).arg(&dy).arg(&part);
-        unsafe { b.launch(cfg) }.w()?;
+        launch!(dev, T, "dw_kernel_grad_partial", cfg; &GeomC::from(g), &x, &dy, &part);
         let out = sum_splits(dev, &part, c, bsz, kk)?;
         wrap(out, dev, (c, kk))
     })
@@ -328,11 +309,7 @@ pub(crate) fn im2col(s: &CudaStorage, l: &Layout, g: &Geom, c: usize, bsz: usize
     gpu_dispatch!(s, |T| {
         let x = view::<T>(s, l)?;
         let cols = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "im2col")?;
-        let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&b32).arg(&gc).arg(&x).arg(&cols);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "im2col", elems(n); &(n as i64), &(bsz as i32), &GeomC::from(g), &x, &cols);
         wrap(cols, dev, (rows, ncols))
     })
 }
@@ -343,11 +320,7 @@ pub(crate) fn col2im(s: &CudaStorage, l: &Layout, g: &Geom, c: usize, bsz: usize
     gpu_dispatch!(s, |T| {
         let cols = view::<T>(s, l)?;
         let dx = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "col2im")?;
-        let (n64, b32, gc) = (n as i64, bsz as i32, GeomC::from(g));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&b32).arg(&gc).arg(&cols).arg(&dx);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "col2im", elems(n); &(n as i64), &(bsz as i32), &GeomC::from(g), &cols, &dx);
         wrap(dx, dev, (c, bsz, g.in_h, g.in_w))
     })
 }
@@ -359,11 +332,7 @@ pub(crate) fn max_pool(s: &CudaStorage, l: &Layout, g: &Geom, planes: usize, sha
     gpu_dispatch!(s, |T| {
         let x = view::<T>(s, l)?;
         let y = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "max_pool_fwd")?;
-        let (n64, gc) = (n as i64, GeomC::from(g));
-        let mut b = f.builder();
-        b.arg(&n64).arg(&gc).arg(&x).arg(&y);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "max_pool_fwd", elems(n); &(n as i64), &GeomC::from(g), &x, &y);
         wrap(y, dev, shape)
     })
 }
@@ -384,18 +353,10 @@ pub(crate) fn max_pool_grad(
         // Pass 1: each window's first maximum.
         // SAFETY: the argmax kernel writes every element.
         let idx = unsafe { dev.alloc::<i32>(n_out.max(1)) }?;
-        let f = func!(dev, T, "max_pool_argmax")?;
-        let no64 = n_out as i64;
-        let mut b = f.builder();
-        b.arg(&no64).arg(&gc).arg(&x).arg(&idx);
-        unsafe { b.launch(elems(n_out)) }.w()?;
+        launch!(dev, T, "max_pool_argmax", elems(n_out); &(n_out as i64), &gc, &x, &idx);
         // Pass 2: each input pixel gathers the gradients of the windows it won.
         let dx = alloc::<T>(dev, n)?;
-        let f = func!(dev, T, "max_pool_grad")?;
-        let n64 = n as i64;
-        let mut b = f.builder();
-        b.arg(&n64).arg(&gc).arg(&idx).arg(&dy).arg(&dx);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "max_pool_grad", elems(n); &(n as i64), &gc, &idx, &dy, &dx);
         wrap(dx, dev, l1.shape().clone())
     })
 }
@@ -415,15 +376,10 @@ pub(crate) fn adam_step(
     gpu_dispatch!(s1, |T| {
         let (var, g, mv) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
         let out = alloc::<T>(dev, 3 * n)?;
-        let f = func!(dev, T, "adam_step")?;
         let c = |x: f64| x as T;
         // 1 - b in the tensor's type, as `train::Adam`'s CPU path computes it.
         let (b1, omb1, b2, omb2, alpha, eps) = (c(p.b1), 1.0 - c(p.b1), c(p.b2), 1.0 - c(p.b2), c(p.alpha), c(p.eps));
-        let n64 = n as i64;
-        let mut b = f.builder();
-        b.arg(&n64).arg(&var).arg(&g).arg(&mv).arg(&out);
-        b.arg(&b1).arg(&omb1).arg(&b2).arg(&omb2).arg(&alpha).arg(&eps);
-        unsafe { b.launch(elems(n)) }.w()?;
+        launch!(dev, T, "adam_step", elems(n); &(n as i64), &var, &g, &mv, &out, &b1, &omb1, &b2, &omb2, &alpha, &eps);
         wrap(out, dev, (3, n))
     })
 }
