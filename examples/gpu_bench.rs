@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use tuneserve::model::{Backbone, BackboneKind, Head, SeededInit, Variant};
-use tuneserve::train::{adam::Adam, loss};
+use tuneserve::train::{adam::Adam, finetune_step};
 
 struct Args {
     device: String,
@@ -143,21 +143,10 @@ fn main() -> candle_core::Result<()> {
         let mut opt = Adam::new(1e-5);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
         let mut last_loss = 0.0;
+        let x_planar = x.permute((3, 0, 1, 2))?.contiguous()?;
         let times = time(&dev, a.warmup, a.iters, || {
-            let (feats, tape) = bb.forward_train(&x)?;
-            let feats = feats.detach();
-            let (logits, htape) = head.forward_train(&feats, &mut rng)?;
-            let (l, dlogits) = loss::loss_and_grad(&logits, &labels)?;
-            let (dk, db, dfeat) = head.backward(&htape, &dlogits)?;
-            let grads = bb.backward(tape, &dfeat)?;
-            let mut updates: Vec<(&str, &candle_core::Var, &Tensor)> =
-                vec![("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)];
-            for (i, p) in bb.net.trainable() {
-                if let Some(g) = &grads.0[i] {
-                    updates.push((p.name.as_str(), &p.var, g));
-                }
-            }
-            opt.update(updates)?;
+            let (l, _) = finetune_step(&bb, &head, &mut opt, x_planar.clone(), &labels, &mut rng)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             last_loss = l;
             Ok(())
         })?;

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use crate::device::{pick_device, DeviceArg};
 use crate::model::weights::WeightSet;
 use crate::model::{profile, Backbone, BackboneKind, Head, SeededInit, Variant, WeightSource};
-use crate::train::{adam::Adam, loss};
+use crate::train::adam::Adam;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -73,6 +73,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bb = Backbone::build(args.backbone, Variant::Full, src.as_ref(), true, &device)?;
     let batch = if args.workload == Workload::Latency { 1 } else { args.batch };
     let x = Tensor::randn(0f32, 1.0, (batch, size, size, 3), &device)?;
+    // Training batches come in the network's own (C,B,H,W) layout.
+    let x_planar = x.permute((3, 0, 1, 2))?.contiguous()?;
     let head = Head::init(bb.feature_dim(), 1, 0.2, 0, &device)?;
     let mut opt = Adam::new(1e-5);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -83,18 +85,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 bb.features(&x)?.to_vec2::<f32>()?;
             }
             Workload::Stage2 => {
-                let (feats, tape) = bb.forward_train(&x)?;
-                let (logits, htape) = head.forward_train(&feats, &mut rng)?;
-                let (_, dlogits) = loss::loss_and_grad(&logits, &labels)?;
-                let (dk, db, dfeat) = head.backward(&htape, &dlogits)?;
-                let grads = bb.backward(tape, &dfeat)?;
-                let mut updates = vec![("head.kernel", &head.kernel, &dk), ("head.bias", &head.bias, &db)];
-                for (i, p) in bb.net.trainable() {
-                    if let Some(g) = &grads.0[i] {
-                        updates.push((p.name.as_str(), &p.var, g));
-                    }
-                }
-                profile::timed("adam", || opt.update(updates))?;
+                crate::train::finetune_step(&bb, &head, &mut opt, x_planar.clone(), &labels, &mut rng)?;
             }
         }
         Ok(())

@@ -121,43 +121,7 @@ async fn run_level(args: &LoadtestArgs, images: Arc<Vec<(bytes::Bytes, &'static 
     let mut tasks = Vec::with_capacity(n);
     for c in 0..n {
         let (client, url, images, key) = (client.clone(), url.clone(), images.clone(), args.api_key.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut st = ClientStats::default();
-            let mut i = c;
-            while Instant::now() < until {
-                let (body, ct) = &images[i % images.len()];
-                i += n;
-                let mut req = client.post(&url).header("content-type", *ct).body(body.clone());
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
-                let t = Instant::now();
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        // Read the body: the request is done when the answer is in.
-                        let _ = r.bytes().await;
-                        st.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
-                    Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                        st.rejected += 1;
-                        let _ = r.bytes().await;
-                        // Back off briefly (a real client would honour Retry-After).
-                        tokio::time::sleep(Duration::from_millis(50 + (c as u64 % 50))).await;
-                    }
-                    Ok(r) => {
-                        st.errors += 1;
-                        let status = r.status();
-                        let body = r.text().await.unwrap_or_default();
-                        st.first_error.get_or_insert_with(|| format!("{status}: {}", &body[..body.len().min(300)]));
-                    }
-                    Err(e) => {
-                        st.errors += 1;
-                        st.first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            st
-        }));
+        tasks.push(tokio::spawn(client_loop(client, url, images, key, (c, n), until)));
     }
     let mut samples = Vec::new();
     if let Some(pid) = args.server_pid {
@@ -199,4 +163,51 @@ async fn run_level(args: &LoadtestArgs, images: Arc<Vec<(bytes::Bytes, &'static 
         rss_mib_samples: samples,
         first_error: all.first_error,
     })
+}
+
+/// Client `c` of `n`: posts images (every n-th, from its own offset) until
+/// `until`, one request at a time, and counts what came back.
+async fn client_loop(
+    client: reqwest::Client,
+    url: String,
+    images: Arc<Vec<(bytes::Bytes, &'static str)>>,
+    key: Option<String>,
+    (c, n): (usize, usize),
+    until: Instant,
+) -> ClientStats {
+    let mut st = ClientStats::default();
+    let mut i = c;
+    while Instant::now() < until {
+        let (body, ct) = &images[i % images.len()];
+        i += n;
+        let mut req = client.post(&url).header("content-type", *ct).body(body.clone());
+        if let Some(k) = &key {
+            req = req.bearer_auth(k);
+        }
+        let t = Instant::now();
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                // Read the body: the request is done when the answer is in.
+                let _ = r.bytes().await;
+                st.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                st.rejected += 1;
+                let _ = r.bytes().await;
+                // Back off briefly (a real client would honour Retry-After).
+                tokio::time::sleep(Duration::from_millis(50 + (c as u64 % 50))).await;
+            }
+            Ok(r) => {
+                st.errors += 1;
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                st.first_error.get_or_insert_with(|| format!("{status}: {}", &body[..body.len().min(300)]));
+            }
+            Err(e) => {
+                st.errors += 1;
+                st.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    st
 }

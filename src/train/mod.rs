@@ -162,7 +162,7 @@ pub mod loss;
 pub mod memory;
 pub mod recipe;
 
-pub use recipe::{run, RunSpec, Summary, WeightsChoice};
+pub use recipe::{finetune_step, run, RunSpec, Summary, WeightsChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -539,10 +539,10 @@ fn head_epochs(
     Ok(best)
 }
 
-/// One stage-2 step on batch `x`: forward through base and head, backward,
-/// Adam on every trainable tensor. Returns the batch's mean loss and how many
-/// it got right.
-fn finetune_step(
+/// One stage-2 step on batch `x` (C,B,H,W): forward through base and head,
+/// backward, Adam on every trainable tensor. Returns the batch's mean loss
+/// and how many it got right. The benchmarks time this same function.
+pub fn finetune_step(
     bb: &Backbone,
     head: &Head,
     opt: &mut Adam,
@@ -563,7 +563,7 @@ fn finetune_step(
             updates.push((p.name.as_str(), &p.var, g));
         }
     }
-    opt.update(updates)?;
+    crate::model::profile::timed("adam", || opt.update(updates))?;
     let right = loss::predicted(&logits)?.iter().zip(labels).filter(|(p, y)| p == y).count();
     Ok((l, right))
 }
