@@ -26,6 +26,8 @@ enum Command {
     Predict(tuneserve::cli::predict::PredictArgs),
     /// Print backbone features of images as JSON lines.
     Embed(tuneserve::cli::embed::EmbedArgs),
+    /// Write a trained checkpoint as ONNX or safetensors.
+    Export(tuneserve::cli::export::ExportArgs),
     /// Import or fetch pretrained weights.
     Weights(tuneserve::cli::weights::WeightsArgs),
     /// Measure inference and training throughput (JSON line, as bench/peers prints).
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => tuneserve::cli::train::run(a),
         Command::Predict(a) => tuneserve::cli::predict::run(a),
         Command::Embed(a) => tuneserve::cli::embed::run(a),
+        Command::Export(a) => tuneserve::cli::export::run(a),
         Command::Weights(a) => tuneserve::cli::weights::run(a),
         Command::Bench(a) => tuneserve::cli::bench::run(a),
         Command::Loadtest(a) => tuneserve::cli::loadtest::run(a),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod export;
 pub mod loadtest;
 pub mod logging;
 pub mod predict;

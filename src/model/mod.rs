@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod head;
 pub mod mobilenet_v2;
 pub mod net;
+pub mod onnx;
 pub mod profile;
 pub mod weights;
 pub mod xception;

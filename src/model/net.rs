@@ -189,7 +189,7 @@ impl Net {
         Self::gap(&self.forward_map(x_nhwc, None)?)
     }
 
-    fn bn_scale_shift(&self, gamma: usize, beta: usize, mean: usize, var: usize, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    pub(crate) fn bn_scale_shift(&self, gamma: usize, beta: usize, mean: usize, var: usize, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
         // Exactly tf.nn.batch_normalization: inv = rsqrt(var + eps) * gamma; y = x*inv + (beta - mean*inv).
         let inv_std = (self.p(var) + eps)?.sqrt()?.recip()?;
         let scale = (self.p(gamma) * &inv_std)?;

@@ -4,8 +4,10 @@
 
 pub mod batcher;
 pub mod error;
+pub mod export;
 pub mod predictor;
 pub mod registry;
 
 pub use error::PredictError;
+pub use export::ExportFormat;
 pub use predictor::{Prediction, Predictor};

@@ -53,6 +53,11 @@ impl Predictor {
         &self.meta
     }
 
+    /// The model as ONNX (see [`crate::model::onnx`]).
+    pub fn to_onnx(&self) -> Result<Vec<u8>, TrainError> {
+        Ok(crate::model::onnx::export(&self.backbone, &self.head, &self.meta.classes, self.meta.image_size)?)
+    }
+
     /// Predicts decoded images (resized here exactly as in training if
     /// needed; images decoded for this model already have its size). The
     /// pixels are copied once, into the network's input layout.
