@@ -76,6 +76,22 @@ async fn story(db: Db) {
     assert_eq!(models["data"][0]["is_default"], json!(true));
     assert_eq!(models["data"][0]["classes"], json!(["bright", "dark"]));
 
+    // Export: ONNX (the default) and safetensors; tests/export.rs checks the numbers.
+    let r = srv.client.get(srv.url(&format!("/v1/models/{model_id}/export"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let disposition = r.headers()["content-disposition"].to_str().unwrap().to_string();
+    assert!(disposition.ends_with(".onnx\""), "{disposition}");
+    let onnx = r.bytes().await.unwrap();
+    // ModelProto field 1 (ir_version 8) comes first.
+    assert_eq!(&onnx[..2], &[0x08, 8], "not an ONNX model");
+    let r = srv.client.get(srv.url(&format!("/v1/models/{model_id}/export?format=safetensors"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let tensors = candle_core::safetensors::load_buffer(&r.bytes().await.unwrap(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(tensors["head.bias"].dims(), &[1]);
+    assert_error(&srv.get(&format!("/v1/models/{model_id}/export?format=keras2")).await, 400, "invalid_query");
+    let unknown = "00000000-0000-0000-0000-000000000000";
+    assert_error(&srv.get(&format!("/v1/models/{unknown}/export")).await, 404, "model_not_found");
+
     // Predict: raw body, JSON base64 (two images), multipart (two images).
     let (s, p) = srv.post_bytes("/v1/predict", "image/png", image_bytes(true, 3, false)).await;
     assert_eq!(s, StatusCode::OK, "{p}");

@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Room for dataset uploads under way (receiving or extracting).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Exports build a whole model in memory: a few at a time.
+    pub export_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -100,6 +102,7 @@ pub async fn serve_with(
         metrics: crate::telemetry::recorder(),
         shutdown: token.clone(),
         upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads as usize)),
+        export_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
     });
     let workers = crate::jobs::start(Arc::new(ctx), cfg.workers).await?;
 
@@ -149,6 +152,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::get_one))
         .route("/models/{id}/default", post(models::make_default))
+        .route("/models/{id}/export", get(models::export))
         .route("/models/{id}/predict", post(predict::predict_model).layer(predict_limit))
         .route("/predict", post(predict::predict).layer(predict_limit));
 
@@ -233,3 +237,5 @@ fn page_limit(limit: Option<i64>, default: i64, max: i64) -> i64 {
 /// A server-side stream must not outlive shutdown; this is how long an idle
 /// SSE stream waits between checks.
 const STREAM_POLL: Duration = Duration::from_millis(500);
+/// Exports at once (each holds a whole model, twice, while it is built).
+const MAX_CONCURRENT_EXPORTS: usize = 2;

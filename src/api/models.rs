@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::body::{check_id, not_found, ApiPath, ApiQuery};
-use super::types::{Checkpoint, Model, ModelList, PageQuery};
+use super::types::{Checkpoint, ExportQuery, Model, ModelList, PageQuery};
 use super::{page_limit, SharedState};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::checkpoint::{META_FILE, MODEL_FILE};
+use crate::serve::ExportFormat;
 
 /// List published models, newest first.
 #[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models", params(PageQuery),
@@ -51,6 +52,38 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
     st.registry.default_changed();
     let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
     Ok(Json(Model::from_row(row)))
+}
+
+/// Export a model for use outside tuneserve: `onnx` (opset 17, inference:
+/// `image` float32 (batch, size, size, 3) resized and scaled as the model's
+/// metadata says, `logits` out) or `safetensors` (the weights in the Keras
+/// layout under canonical names, plus `head.kernel` and `head.bias`).
+#[utoipa::path(get, path = "/v1/models/{id}/export", operation_id = "export_model", tag = "models",
+    params(("id" = String, Path), ExportQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = super::types::Binary, description = "the model file"),
+        (status = 400, description = "invalid query string (unknown format)", body = ErrorBody),
+        (status = 404, description = "unknown model, or its files are gone", body = ErrorBody),
+        (status = 429, description = "too many exports under way; see Retry-After", body = ErrorBody),
+        (status = 503, description = "the database or the shared artifact store is unavailable", body = ErrorBody)),
+    security((), ("api_key" = [])))]
+pub async fn export(State(st): State<SharedState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<ExportQuery>) -> ApiResult<Response> {
+    check_id("model", &id)?;
+    let format = q.format.unwrap_or(ExportFormat::Onnx);
+    let row = st.db.get_model(&id).await?.ok_or_else(|| not_found("model", &id))?;
+    let _slot = st.export_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many_requests("too_many_exports", "other exports are under way; retry shortly", 5)
+    })?;
+    let gone = || ApiError::not_found("model_files_missing", "the model's checkpoint files are gone");
+    let ck = st.db.get_checkpoint(&row.checkpoint_id).await?.ok_or_else(gone)?;
+    let dir = st.artifacts.fetch_checkpoint(&ck.job_id, &ck.name).await?;
+    if !crate::model::checkpoint::is_checkpoint(&dir) {
+        return Err(gone());
+    }
+    let bytes = tokio::task::spawn_blocking(move || crate::serve::export::export(&dir, format))
+        .await?
+        .map_err(|e| ApiError::internal(format!("export failed: {e}")))?;
+    let disposition = format!("attachment; filename=\"model-{id}.{}\"", format.extension());
+    Ok(([(header::CONTENT_TYPE, format.content_type().to_string()), (header::CONTENT_DISPOSITION, disposition)], bytes).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/checkpoints/{id}", operation_id = "get_checkpoint", tag = "jobs", params(("id" = String, Path)),

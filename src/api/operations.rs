@@ -24,7 +24,7 @@ use crate::store::JobStatus;
     paths(
         datasets::create, datasets::list, datasets::get_one, datasets::delete,
         jobs::create, jobs::list, jobs::get_one, jobs::cancel, jobs::events, jobs::checkpoints,
-        models::checkpoint, models::download, models::list, models::get_one, models::make_default,
+        models::checkpoint, models::download, models::list, models::get_one, models::make_default, models::export,
         predict::predict, predict::predict_model,
         health, ready, metrics,
     ),

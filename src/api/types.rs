@@ -366,6 +366,15 @@ pub struct UploadQuery {
     pub name: Option<String>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `onnx` (the default) or `safetensors`.
+    #[param(inline, nullable = false)]
+    pub format: Option<crate::serve::ExportFormat>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
