@@ -88,6 +88,11 @@ async fn story(db: Db) {
     assert_eq!(r.status(), StatusCode::OK);
     let tensors = candle_core::safetensors::load_buffer(&r.bytes().await.unwrap(), &candle_core::Device::Cpu).unwrap();
     assert_eq!(tensors["head.bias"].dims(), &[1]);
+    let r = srv.client.get(srv.url(&format!("/v1/models/{model_id}/export?format=keras"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let keras = r.bytes().await.unwrap();
+    let names: Vec<String> = zip::ZipArchive::new(std::io::Cursor::new(keras.to_vec())).unwrap().file_names().map(str::to_string).collect();
+    assert!(names.iter().any(|n| n == "config.json") && names.iter().any(|n| n == "model.weights.h5"), "{names:?}");
     assert_error(&srv.get(&format!("/v1/models/{model_id}/export?format=keras2")).await, 400, "invalid_query");
     let unknown = "00000000-0000-0000-0000-000000000000";
     assert_error(&srv.get(&format!("/v1/models/{unknown}/export")).await, 404, "model_not_found");

@@ -1,8 +1,9 @@
-//! Exports round-trip: onnxruntime (from PyPI, through scripts/onnx-logits.py)
-//! reproduces tuneserve's logits within 1e-4 for the real Xception and
-//! MobileNetV2 weights on the golden photos, and for a fine-tuned checkpoint.
-//! The Python with onnxruntime comes from TUNESERVE_TEST_EXPORT_PYTHON
-//! (`.ci/run` makes it).
+//! Exports round-trip: onnxruntime and Keras 3's `load_model` (from PyPI,
+//! through scripts/onnx-logits.py and scripts/keras-logits.py) reproduce
+//! tuneserve's logits within 1e-4 for the real Xception and MobileNetV2
+//! weights on the golden photos, and for a fine-tuned checkpoint. The Python
+//! with both comes from TUNESERVE_TEST_EXPORT_PYTHON (scripts/export-python.sh,
+//! which `.ci/run` calls).
 
 mod fixtures;
 
@@ -28,21 +29,45 @@ fn python() -> PathBuf {
 
 /// onnxruntime's logits for NHWC images `x` of size `size`.
 fn onnx_logits(model: &[u8], x: &[f32], batch: usize, size: usize) -> (Vec<Vec<f32>>, serde_json::Value) {
+    let (logits, out) = run_export("onnx-logits.py", ("model.onnx", model), None, x, (batch, size));
+    (logits, out["metadata"].clone())
+}
+
+/// Keras's logits (the file opened with `keras.models.load_model`, then
+/// `weights` loaded into it with `model.load_weights` if given).
+fn keras_logits(model: &[u8], weights: Option<&[u8]>, x: &[f32], batch: usize, size: usize) -> Vec<Vec<f32>> {
+    let weights = weights.map(|w| ("model.weights.h5", w));
+    run_export("keras-logits.py", ("model.keras", model), weights, x, (batch, size)).0
+}
+
+fn run_export(
+    script: &str,
+    (file, model): (&str, &[u8]),
+    extra: Option<(&str, &[u8])>,
+    x: &[f32],
+    (batch, size): (usize, usize),
+) -> (Vec<Vec<f32>>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let (m, d) = (dir.path().join("model.onnx"), dir.path().join("input.f32"));
+    let (m, d) = (dir.path().join(file), dir.path().join("input.f32"));
     std::fs::write(&m, model).unwrap();
+    let extra = extra.map(|(name, bytes)| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    });
     std::fs::write(&d, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx-logits.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script);
     let out = std::process::Command::new(python())
-        .arg(script)
+        .arg(&script)
         .args([m.as_os_str(), d.as_os_str()])
         .args([batch.to_string(), size.to_string(), size.to_string()])
+        .args(extra)
         .output()
         .expect("run the export Python");
-    assert!(out.status.success(), "onnx-logits.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let logits = serde_json::from_value(v["logits"].clone()).unwrap();
-    (logits, v["metadata"].clone())
+    (logits, v)
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
@@ -62,7 +87,7 @@ fn golden_photos(size: usize) -> Vec<RgbImage> {
     paths.iter().map(|p| load_path_for_model(p, (s, s), &DecodeLimits::default()).unwrap()).collect()
 }
 
-/// The real pretrained backbone with a seeded head: ONNX vs tuneserve on the golden photos.
+/// The real pretrained backbone with a seeded head: ONNX and Keras vs tuneserve on the golden photos.
 fn real_weights_round_trip(kind: BackboneKind, weights: tuneserve::model::weights::WeightSet) {
     let dev = Device::Cpu;
     let bb = Backbone::build(kind, Variant::Full, &weights, false, &dev).unwrap();
@@ -77,6 +102,10 @@ fn real_weights_round_trip(kind: BackboneKind, weights: tuneserve::model::weight
     let d = max_diff(&ours, &theirs);
     println!("{kind:?}: {} photos, max |logit diff| {d:.2e}, logits {ours:?}", imgs.len());
     assert!(d <= TOLERANCE, "{kind:?}: onnxruntime differs by {d} (ours {ours:?}, onnx {theirs:?})");
+    let keras = keras_logits(&tuneserve::model::keras::export(&bb, &head, size).unwrap(), None, &x, imgs.len(), size);
+    let dk = max_diff(&ours, &keras);
+    println!("{kind:?}: Keras load_model, max |logit diff| {dk:.2e}");
+    assert!(dk <= TOLERANCE, "{kind:?}: Keras differs by {dk} (ours {ours:?}, keras {keras:?})");
     assert_eq!(meta["image_size"], size.to_string());
     assert_eq!(meta["classes"], r#"["cats","dogs"]"#);
     // A non-trivial head: the logits are not all the same.
@@ -84,12 +113,12 @@ fn real_weights_round_trip(kind: BackboneKind, weights: tuneserve::model::weight
 }
 
 #[test]
-fn onnx_matches_xception_with_real_weights() {
+fn exports_match_xception_with_real_weights() {
     real_weights_round_trip(BackboneKind::Xception, fixtures::xception_weights());
 }
 
 #[test]
-fn onnx_matches_mobilenet_v2_with_real_weights() {
+fn exports_match_mobilenet_v2_with_real_weights() {
     real_weights_round_trip(BackboneKind::MobilenetV2, fixtures::mobilenet_v2_weights());
 }
 
@@ -139,6 +168,20 @@ fn exports_of_a_fine_tuned_checkpoint_match_its_predictions() {
     assert!(d <= TOLERANCE, "onnxruntime differs by {d} (ours {ours:?}, onnx {theirs:?})");
     assert_eq!(theirs[0].len(), 3);
     assert_eq!(meta["classes"], r#"["class0","class1","class2"]"#);
+    let keras = keras_logits(&export(&ckpt, ExportFormat::Keras).unwrap(), None, &x, imgs.len(), 71);
+    let dk = max_diff(&ours, &keras);
+    println!("fine-tuned tiny Xception, 3 classes: Keras load_model, max |logit diff| {dk:.2e}");
+    assert!(dk <= TOLERANCE, "Keras differs by {dk} (ours {ours:?}, keras {keras:?})");
+    // The weights alone, loaded into the model of the stage-1 checkpoint.
+    let stage1 = dir.path().join("out").join(&train::checkpoint::list(&dir.path().join("out")).unwrap()[0].0);
+    let before = export(&stage1, ExportFormat::Keras).unwrap();
+    let weights = export(&ckpt, ExportFormat::KerasWeights).unwrap();
+    let stage1_logits = keras_logits(&before, None, &x, imgs.len(), 71);
+    assert!(max_diff(&ours, &stage1_logits) > 1e-3, "stage 1 and stage 2 models answer alike: the check would prove nothing");
+    let loaded = keras_logits(&before, Some(&weights), &x, imgs.len(), 71);
+    let dw = max_diff(&ours, &loaded);
+    println!("fine-tuned weights through load_weights: max |logit diff| {dw:.2e}");
+    assert!(dw <= TOLERANCE, "load_weights differs by {dw}");
 
     // safetensors: the checkpoint's own weights, byte for byte.
     let st = export(&ckpt, ExportFormat::Safetensors).unwrap();

@@ -56,8 +56,11 @@ pub async fn make_default(State(st): State<SharedState>, ApiPath(id): ApiPath<St
 
 /// Export a model for use outside tuneserve: `onnx` (opset 17, inference:
 /// `image` float32 (batch, size, size, 3) resized and scaled as the model's
-/// metadata says, `logits` out) or `safetensors` (the weights in the Keras
-/// layout under canonical names, plus `head.kernel` and `head.bias`).
+/// metadata says, `logits` out), `keras` (a Keras 3 `.keras` archive that
+/// `keras.models.load_model` opens, same input and output), `keras_weights`
+/// (its `model.weights.h5`, for `model.load_weights`) or `safetensors` (the
+/// weights in the Keras layout under canonical names, plus `head.kernel` and
+/// `head.bias`).
 #[utoipa::path(get, path = "/v1/models/{id}/export", operation_id = "export_model", tag = "models",
     params(("id" = String, Path), ExportQuery),
     responses((status = 200, content_type = "application/octet-stream", body = super::types::Binary, description = "the model file"),

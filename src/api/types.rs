@@ -370,7 +370,8 @@ pub struct UploadQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
-    /// `onnx` (the default) or `safetensors`.
+    /// `onnx` (the default), `keras` (a Keras 3 `.keras` archive), `keras_weights`
+    /// (its `model.weights.h5` alone) or `safetensors`.
     #[param(inline, nullable = false)]
     pub format: Option<crate::serve::ExportFormat>,
 }

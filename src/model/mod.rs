@@ -3,6 +3,7 @@
 pub mod backbone;
 pub mod checkpoint;
 pub mod head;
+pub mod keras;
 pub mod mobilenet_v2;
 pub mod net;
 pub mod onnx;

@@ -1,5 +1,6 @@
 //! A trained model in a format other tools load: ONNX for inference
-//! runtimes, or its weights as safetensors (Keras layout, canonical names).
+//! runtimes, a Keras 3 `.keras` archive, or its weights as safetensors
+//! (Keras layout, canonical names).
 
 use std::path::Path;
 
@@ -12,9 +13,14 @@ use crate::train::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// ONNX (opset 17) of inference: `image` (batch, size, size, 3) scaled pixels in, `logits` out.
     Onnx,
+    /// A Keras 3 `.keras` archive of the whole classifier (`keras.models.load_model`), same input and output.
+    Keras,
+    /// Only the Keras weights (`model.weights.h5`), for `model.load_weights` on the `.keras` export's model.
+    KerasWeights,
     /// The weights in the Keras layout under canonical names, plus `head.kernel` and `head.bias`.
     Safetensors,
 }
@@ -23,6 +29,8 @@ impl ExportFormat {
     pub fn extension(self) -> &'static str {
         match self {
             ExportFormat::Onnx => "onnx",
+            ExportFormat::Keras => "keras",
+            ExportFormat::KerasWeights => "weights.h5",
             ExportFormat::Safetensors => "safetensors",
         }
     }
@@ -41,5 +49,7 @@ pub fn export(dir: &Path, format: ExportFormat) -> Result<Vec<u8>, TrainError> {
     match format {
         ExportFormat::Safetensors => Ok(std::fs::read(dir.join(MODEL_FILE))?),
         ExportFormat::Onnx => Predictor::load(dir, &Device::Cpu)?.to_onnx(),
+        ExportFormat::Keras => Predictor::load(dir, &Device::Cpu)?.to_keras(false),
+        ExportFormat::KerasWeights => Predictor::load(dir, &Device::Cpu)?.to_keras(true),
     }
 }

@@ -58,6 +58,13 @@ impl Predictor {
         Ok(crate::model::onnx::export(&self.backbone, &self.head, &self.meta.classes, self.meta.image_size)?)
     }
 
+    /// The model as a Keras 3 `.keras` archive, or only its `model.weights.h5`
+    /// (see [`crate::model::keras`]).
+    pub fn to_keras(&self, weights_only: bool) -> Result<Vec<u8>, TrainError> {
+        let (bb, head, size) = (&self.backbone, &self.head, self.meta.image_size);
+        Ok(if weights_only { crate::model::keras::weights(bb, head, size)? } else { crate::model::keras::export(bb, head, size)? })
+    }
+
     /// Predicts decoded images (resized here exactly as in training if
     /// needed; images decoded for this model already have its size). The
     /// pixels are copied once, into the network's input layout.

@@ -10,7 +10,7 @@
 mod error;
 pub mod fetch;
 mod import;
-mod keras3;
+pub(crate) mod keras3;
 mod keras_h5;
 mod spec;
 
