@@ -51,15 +51,11 @@ impl Model<'_> {
         self.layers.len() - 1
     }
 
-    /// The shape after a window op (Keras's rule for 'same' and 'valid'), with `c` channels.
+    /// Sets the shape after a window op (the network's own geometry), with `c` channels.
     fn windowed(&mut self, layer: usize, k: usize, stride: usize, pad: Padding, c: usize) -> usize {
-        let out = |n: usize| match pad {
-            Padding::Same => n.div_ceil(stride),
-            Padding::Valid => (n.saturating_sub(k)) / stride + 1,
-        };
         let s = &self.layers[layer].shape;
-        let shape = vec![out(s[0]), out(s[1]), c];
-        self.layers[layer].shape = shape;
+        let g = pad.geom(s[0], s[1], k, stride);
+        self.layers[layer].shape = vec![g.out_h, g.out_w, c];
         layer
     }
 

@@ -20,7 +20,7 @@ pub enum Padding {
 }
 
 impl Padding {
-    fn geom(self, h: usize, w: usize, k: usize, stride: usize) -> Geom {
+    pub(crate) fn geom(self, h: usize, w: usize, k: usize, stride: usize) -> Geom {
         match self {
             Padding::Same => Geom::same(h, w, k, stride),
             Padding::Valid => Geom::valid(h, w, k, stride),
