@@ -151,9 +151,10 @@ fn config_json(layers: &[Layer]) -> Value {
     })
 }
 
-/// Where Keras puts each layer's variables: `layers/<class>[_n]`, numbered
-/// per class in the order Keras lists the rebuilt model's layers.
-fn weight_paths(layers: &[Layer]) -> Vec<String> {
+/// Each layer's group under `layers/`, where Keras looks for its variables:
+/// `<class>[_n]`, numbered per class in the order Keras lists the rebuilt
+/// model's layers.
+fn weight_groups(layers: &[Layer]) -> Vec<String> {
     // Longest distance to the output, per layer (layers only feed later ones).
     let mut depth = vec![0usize; layers.len()];
     for i in (0..layers.len()).rev() {
@@ -177,25 +178,24 @@ fn weight_paths(layers: &[Layer]) -> Vec<String> {
     let mut order: Vec<usize> = (0..layers.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(depth[i]), visited[i]));
     let mut counts = std::collections::HashMap::new();
-    let mut paths = vec![String::new(); layers.len()];
+    let mut groups = vec![String::new(); layers.len()];
     for i in order {
         let base = to_snake_case(layers[i].class);
         let n = counts.entry(base.clone()).or_insert(0usize);
-        paths[i] = if *n == 0 { format!("layers/{base}") } else { format!("layers/{base}_{n}") };
+        groups[i] = if *n == 0 { base } else { format!("{base}_{n}") };
         *n += 1;
     }
-    paths
+    groups
 }
 
 fn weights_h5(layers: &[Layer]) -> Result<Vec<u8>> {
     let mut file = FileBuilder::new();
     let mut top = file.create_group("layers");
-    for (layer, path) in layers.iter().zip(weight_paths(layers)) {
+    for (layer, name) in layers.iter().zip(weight_groups(layers)) {
         if layer.vars.is_empty() {
             continue;
         }
-        let name = path.trim_start_matches("layers/");
-        let mut group = top.create_group(name);
+        let mut group = top.create_group(&name);
         let mut vars = group.create_group("vars");
         for (i, t) in layer.vars.iter().enumerate() {
             let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
