@@ -86,7 +86,7 @@ pub async fn export(State(st): State<SharedState>, ApiPath(id): ApiPath<String>,
         .await?
         .map_err(|e| ApiError::internal(format!("export failed: {e}")))?;
     let disposition = format!("attachment; filename=\"model-{id}.{}\"", format.extension());
-    Ok(([(header::CONTENT_TYPE, format.content_type().to_string()), (header::CONTENT_DISPOSITION, disposition)], bytes).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_DISPOSITION, disposition)], bytes).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/checkpoints/{id}", operation_id = "get_checkpoint", tag = "jobs", params(("id" = String, Path)),

@@ -194,6 +194,8 @@ struct Graph<'a> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     names: usize,
+    /// Clip's bounds for ReLU6, made once and shared by every ReLU6.
+    relu6_bounds: Option<[String; 2]>,
 }
 
 impl Graph<'_> {
@@ -243,7 +245,13 @@ impl Graph<'_> {
         Ok(match a {
             Act::Relu => self.node("Relu", vec![x], vec![]),
             Act::Relu6 => {
-                let (lo, hi) = (self.scalar("zero", 0.0)?, self.scalar("six", 6.0)?);
+                let [lo, hi] = match &self.relu6_bounds {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = [self.scalar("zero", 0.0)?, self.scalar("six", 6.0)?];
+                        self.relu6_bounds.get_or_insert(b).clone()
+                    }
+                };
                 self.node("Clip", vec![x, lo, hi], vec![])
             }
         })
@@ -308,7 +316,7 @@ impl Graph<'_> {
 /// The model as an ONNX file: `image` (batch, size, size, 3) in, `logits` out;
 /// `classes` and the input scaling go into the metadata.
 pub fn export(backbone: &Backbone, head: &Head, classes: &[String], size: usize) -> Result<Vec<u8>> {
-    let mut g = Graph { net: &backbone.net, nodes: Vec::new(), initializers: Vec::new(), names: 0 };
+    let mut g = Graph { net: &backbone.net, nodes: Vec::new(), initializers: Vec::new(), names: 0, relu6_bounds: None };
     let nchw = g.node("Transpose", vec!["image".into()], vec![attr_ints("perm", &[0, 3, 1, 2])]);
     let map = g.emit(&backbone.net.nodes, nchw)?;
     let pooled = g.node("GlobalAveragePool", vec![map], vec![]);

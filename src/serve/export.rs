@@ -34,10 +34,6 @@ impl ExportFormat {
             ExportFormat::Safetensors => "safetensors",
         }
     }
-
-    pub fn content_type(self) -> &'static str {
-        "application/octet-stream"
-    }
 }
 
 /// The checkpoint in `dir` as `format` (built on the CPU; it can take a few
@@ -49,7 +45,7 @@ pub fn export(dir: &Path, format: ExportFormat) -> Result<Vec<u8>, TrainError> {
     match format {
         ExportFormat::Safetensors => Ok(std::fs::read(dir.join(MODEL_FILE))?),
         ExportFormat::Onnx => Predictor::load(dir, &Device::Cpu)?.to_onnx(),
-        ExportFormat::Keras => Predictor::load(dir, &Device::Cpu)?.to_keras(false),
-        ExportFormat::KerasWeights => Predictor::load(dir, &Device::Cpu)?.to_keras(true),
+        ExportFormat::Keras => Predictor::load(dir, &Device::Cpu)?.to_keras(),
+        ExportFormat::KerasWeights => Predictor::load(dir, &Device::Cpu)?.to_keras_weights(),
     }
 }

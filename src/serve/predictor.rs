@@ -58,11 +58,14 @@ impl Predictor {
         Ok(crate::model::onnx::export(&self.backbone, &self.head, &self.meta.classes, self.meta.image_size)?)
     }
 
-    /// The model as a Keras 3 `.keras` archive, or only its `model.weights.h5`
-    /// (see [`crate::model::keras`]).
-    pub fn to_keras(&self, weights_only: bool) -> Result<Vec<u8>, TrainError> {
-        let (bb, head, size) = (&self.backbone, &self.head, self.meta.image_size);
-        Ok(if weights_only { crate::model::keras::weights(bb, head, size)? } else { crate::model::keras::export(bb, head, size)? })
+    /// The model as a Keras 3 `.keras` archive (see [`crate::model::keras`]).
+    pub fn to_keras(&self) -> Result<Vec<u8>, TrainError> {
+        Ok(crate::model::keras::export(&self.backbone, &self.head, self.meta.image_size)?)
+    }
+
+    /// Only the Keras weights (`model.weights.h5`) of [`Self::to_keras`]'s model.
+    pub fn to_keras_weights(&self) -> Result<Vec<u8>, TrainError> {
+        Ok(crate::model::keras::weights(&self.backbone, &self.head, self.meta.image_size)?)
     }
 
     /// Predicts decoded images (resized here exactly as in training if
