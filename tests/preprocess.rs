@@ -73,8 +73,8 @@ fn fixtures() -> PathBuf {
     });
     let dir = PathBuf::from(dir);
     assert!(
-        dir.join("golden/README.md").is_file(),
-        "TUNESERVE_FIXTURES={} has no golden/README.md",
+        dir.join("golden/images").is_dir(),
+        "TUNESERVE_FIXTURES={} has no golden/images (scripts/fetch-test-fixtures.py makes it)",
         dir.display()
     );
     dir

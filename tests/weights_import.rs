@@ -21,7 +21,6 @@ use tuneserve::model::weights::{
 };
 
 const XCEPTION_H5: &str = "weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5";
-const XCEPTION_H5_SHA256: &str = "dfc234699bef0bd2547cba5903457efd85c05eb148d1620b302ec958d49f85ad";
 const KERAS_ARCHIVE: &str = "kitchenware_xception_model_val-acc_0.901.keras";
 
 // ------------------------------------------------------------------ fixtures
@@ -37,6 +36,13 @@ fn fixture(rel: &str) -> PathBuf {
         Path::new(&root).display()
     );
     p
+}
+
+/// The served file's own sha256: the fixture may be the canonical download or
+/// the byte-reproducible rebuild (scripts/fetch-test-fixtures.py), whose bytes differ.
+fn xception_h5_sha256() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| sha256_hex(&std::fs::read(fixture(XCEPTION_H5)).expect("read")))
 }
 
 fn keras_archive() -> PathBuf {
@@ -683,7 +689,8 @@ fn weights_dir_listing(data: &Path) -> BTreeMap<String, u64> {
 async fn fetch_downloads_verifies_converts_and_caches() {
     let server = serve_h5().await;
     let data = tempfile::tempdir().expect("tempdir");
-    let path = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256, None)
+    let sha256 = xception_h5_sha256();
+    let path = fetch_xception(data.path(), &server.url, sha256, None)
         .await
         .expect("fetch");
     assert_eq!(path, data.path().join("weights").join(XCEPTION_CACHE_FILE));
@@ -695,7 +702,7 @@ async fn fetch_downloads_verifies_converts_and_caches() {
     let names: Vec<String> = weights_dir_listing(data.path()).into_keys().collect();
     assert_eq!(names, [XCEPTION_CACHE_FILE], "only the cache remains");
 
-    let again = fetch_xception(data.path(), &server.url, XCEPTION_H5_SHA256, None)
+    let again = fetch_xception(data.path(), &server.url, sha256, None)
         .await
         .expect("cached");
     assert_eq!(again, path);
@@ -732,7 +739,7 @@ async fn fetch_rejects_wrong_checksum() {
         "{err}"
     );
     assert!(
-        err.contains(&wrong) && err.contains(XCEPTION_H5_SHA256),
+        err.contains(&wrong) && err.contains(xception_h5_sha256()),
         "{err}"
     );
     assert!(
@@ -750,7 +757,7 @@ async fn fetch_fails_fast_when_offline() {
     let url = format!("http://127.0.0.1:{port}/xception.h5");
     let data = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
-    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256, None)
+    let err = fetch_xception(data.path(), &url, xception_h5_sha256(), None)
         .await
         .expect_err("must fail")
         .to_string();
@@ -770,7 +777,7 @@ async fn fetch_reports_http_errors() {
     let server = serve_h5().await;
     let url = server.url.replace("xception.h5", "missing.h5");
     let data = tempfile::tempdir().expect("tempdir");
-    let err = fetch_xception(data.path(), &url, XCEPTION_H5_SHA256, None)
+    let err = fetch_xception(data.path(), &url, xception_h5_sha256(), None)
         .await
         .expect_err("404")
         .to_string();
@@ -790,7 +797,7 @@ async fn fetch_uses_hand_downloaded_file() {
     let path = fetch_xception(
         data.path(),
         "http://127.0.0.1:9/unreachable.h5",
-        XCEPTION_H5_SHA256,
+        xception_h5_sha256(),
         None,
     )
     .await
@@ -807,7 +814,7 @@ async fn fetch_uses_hand_downloaded_file() {
         b"not it",
     )
     .expect("write");
-    let err = fetch_xception(other.path(), "http://127.0.0.1:9/x.h5", XCEPTION_H5_SHA256, None)
+    let err = fetch_xception(other.path(), "http://127.0.0.1:9/x.h5", xception_h5_sha256(), None)
         .await
         .expect_err("bad local copy")
         .to_string();
