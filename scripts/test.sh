@@ -29,8 +29,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# Fixtures: the real weights, golden Keras activations and photos (prints the folder last).
-TUNESERVE_FIXTURES="$(scripts/fetch-test-fixtures.py | tail -n1)"
+# Fixtures: the real weights, golden Keras activations, the cats & dogs photos (prints the folder last).
+TUNESERVE_FIXTURES="$(scripts/fetch-test-fixtures.py --dataset | tail -n1)"
 export TUNESERVE_FIXTURES
 # A PostgreSQL on loopback for the database tests (the script prints its URL last).
 TUNESERVE_TEST_POSTGRES_URL="$("${sudo[@]}" scripts/start-postgres.sh | tail -n1)"
