@@ -9,6 +9,7 @@ peers and the load script run in the peers' venv (bench/peers/README.md).
         [--data ../shared/datasets/cats_and_dogs_filtered.zip]
         [--weights ../shared/weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5]
         [--out docs/benchmarks.md] [--chart docs/benchmarks.svg]
+        [--mobilenet-weights ../shared/weights/mobilenet_v2_tfhub_dogcat_model.h5]
         [--skip-recipe] [--skip-serve] [--load-seconds 60] [--soak-seconds 600]
 """
 import argparse, html, json, os, platform, subprocess, sys, tempfile, time
@@ -52,6 +53,7 @@ def main():
     fx = os.environ.get("TUNESERVE_FIXTURES", os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--data", default=os.path.join(fx, "datasets/cats_and_dogs_filtered.zip"))
     ap.add_argument("--weights", default=os.path.join(fx, "weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    ap.add_argument("--mobilenet-weights", default=os.path.join(fx, "weights/mobilenet_v2_tfhub_dogcat_model.h5"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--iters", default="5")
@@ -69,56 +71,77 @@ def main():
 
     rows = []
     ours = {}
-    for w in ["infer", "latency", "stage2"]:
-        ours[w] = run_json([a.bin, "bench", "--workload", w, "--weights", a.weights, "--iters", a.iters])
+    for model, size in MODELS:
+        for w in ["infer", "latency", "stage2"] if model == "xception" else ["infer", "stage2"]:
+            ours[(model, w)] = run_json([a.bin, "bench", "--workload", w, "--backbone", BACKBONE[model], "--size", str(size),
+                                         "--weights", a.weights if model == "xception" else a.mobilenet_weights, "--iters", a.iters])
     peers = {}
     peer_env = dict(os.environ, PYTHONUNBUFFERED="1")
-    configs = [("keras", []), ("torch", ["--channels-last"])] + ([("torch", [])] if a.all_peers else [])
-    for fw, extra in configs:
-        name = fw + ("-cl" if extra else "")
-        for w in ["infer", "latency", "stage1", "stage2"]:
-            try:
-                peers[(name, w)] = run_json([a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"),
-                                             "--framework", fw, "--workload", w] + extra, env=peer_env)
-            except subprocess.CalledProcessError as e:
-                print(f"peer {name} {w} failed: {e.stderr[-500:]}", file=sys.stderr)
+    configs = PEERS + ([("torch", "torch", [])] if a.all_peers else [])
+    for model, size in MODELS:
+        workloads = ["infer", "latency", "stage1", "stage2"] if model == "xception" else ["infer", "stage2"]
+        for name, fw, extra in configs:
+            for w in workloads:
+                try:
+                    peers[(name, model, w)] = run_json([a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"), "--framework", fw,
+                                                        "--workload", w, "--model", model, "--size", str(size)] + extra, env=peer_env)
+                except subprocess.CalledProcessError as e:
+                    print(f"peer {name} {model} {w} failed: {e.stderr[-500:]}", file=sys.stderr)
 
-    def ratio(x, y):
-        return f"{x / y:.2f}x" if x and y else "-"
+    def peer(name, model, w, key="img_per_s"):
+        return peers.get((name, model, w), {}).get(key)
 
-    def peer(name, w, key="img_per_s"):
-        return peers.get((name, w), {}).get(key)
+    names = [n for n, _, _ in configs]
+    torch_names = [n for n in names if n != "keras"]
 
-    for w, label in [("infer", "Xception 150 inference, img/s (batch 32)"), ("stage2", "Xception 150 stage 2, img/s (batch 32)")]:
-        o = ours[w]["img_per_s"]
-        k, t, tc = peer("keras", w), peer("torch", w), peer("torch-cl", w)
-        rows.append((label, f"{o:.1f}", f"{k:.1f}" if k else "-", f"{t:.1f}" if t else "-", f"{tc:.1f}" if tc else "-", ratio(o, k), ratio(o, max(filter(None, [t, tc]), default=None))))
-    lo = ours["latency"]["median_s"] * 1e3
-    kl, tl, tcl = [peer(n, "latency", "median_s") for n in ["keras", "torch", "torch-cl"]]
-    f = lambda v: f"{v * 1e3:.0f}" if v else "-"
-    rows.append(("Xception 150 batch-1 latency, ms", f"{lo:.0f}", f(kl), f(tl), f(tcl),
-                 ratio(kl * 1e3, lo) if kl else "-", ratio(min(filter(None, [tl, tcl])) * 1e3, lo) if (tl or tcl) else "-"))
-    ro = ours["stage2"]["peak_rss_mib"]
-    rk, rt, rtc = [peer(n, "stage2", "peak_rss_mib") for n in ["keras", "torch", "torch-cl"]]
-    g = lambda v: f"{v / 1024:.2f}" if v else "-"
-    rows.append(("Xception 150 stage 2 peak RSS, GiB (lower is better)", g(ro), g(rk), g(rt), g(rtc), ratio(rk, ro) if rk else "-", ratio(min(filter(None, [rt, rtc])), ro) if (rt or rtc) else "-"))
+    def row(label, ours_v, peer_vs, fmt, lower_better=False):
+        """One table line: our value, each peer's, and the ratios (>1 = tuneserve better)."""
+        def ratio(p):
+            if not (ours_v and p):
+                return "-"
+            return f"{(p / ours_v if lower_better else ours_v / p):.2f}x"
+        best = lambda vs: (min if lower_better else max)(filter(None, vs), default=None)
+        cells = [fmt(ours_v)] + [fmt(peer_vs[n]) if peer_vs.get(n) else "-" for n in names]
+        rows.append((label, *cells, ratio(peer_vs.get("keras")), ratio(best([peer_vs.get(n) for n in torch_names])),
+                     ratio(best(list(peer_vs.values())))))
+
+    f1 = lambda v: f"{v:.1f}"
+    for model, size in MODELS:
+        title = f"{LABEL[model]} {size}"
+        for w, what in [("infer", "inference"), ("stage2", "stage 2")]:
+            row(f"{title} {what}, img/s (batch 32)", ours[(model, w)]["img_per_s"],
+                {n: peer(n, model, w) for n in names}, f1)
+        if model == "xception":
+            row(f"{title} batch-1 latency, ms (lower is better)", ours[(model, "latency")]["median_s"] * 1e3,
+                {n: (peer(n, model, "latency", "median_s") or 0) * 1e3 for n in names}, lambda v: f"{v:.0f}", lower_better=True)
+        row(f"{title} stage 2 peak RSS, GiB (lower is better)", ours[(model, "stage2")]["peak_rss_mib"] / 1024,
+            {n: (peer(n, model, "stage2", "peak_rss_mib") or 0) / 1024 for n in names}, lambda v: f"{v:.2f}", lower_better=True)
+        if model == "xception":
+            # Sustained compute of the inference pass: ~8.4 GFLOP per 150x150 image (multiply-adds x 2).
+            gflops = ours[(model, "infer")]["img_per_s"] * XCEPTION150_GFLOP
+            rows.append((f"{title} inference, GFLOP/s (tuneserve, estimate: {XCEPTION150_GFLOP} GFLOP/image)", f"{gflops:.0f}",
+                         *["-"] * (len(names) + 3)))
 
     if not a.skip_recipe:
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.time()
-            subprocess.run([a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", d,
-                            "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0"],
-                           check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            recipe = time.time() - t0
-        # Keras's recipe pays the frozen base every epoch: 2000 training images at its stage-1
-        # speed plus 1000 validation images at its inference speed, 20 times.
-        ks1, ki = peer("keras", "stage1"), peer("keras", "infer")
-        keras_recipe = 20 * (2000 / ks1 + 1000 / ki) if ks1 and ki else None
-        ts1, ti = peer("torch-cl", "stage1"), peer("torch-cl", "infer")
-        torch_recipe = 20 * (2000 / ts1 + 1000 / ti) if ts1 and ti else None
-        s = lambda v: f"{v:.0f}" if v else "-"
-        rows.append(("Stage-1 recipe (20 epochs, 2000 + 1000 photos), s (lower is better)", s(recipe), s(keras_recipe), "-", s(torch_recipe),
-                     ratio(keras_recipe, recipe) if keras_recipe else "-", ratio(torch_recipe, recipe) if torch_recipe else "-"))
+        recipe = timed(f"tuneserve recipe {a.data}", [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", "{tmp}",
+                                                        "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0"])
+        # Keras with the same algorithm: features of the 3000 photos once (predict), then the head on them.
+        keras_recipe = None
+        try:
+            keras_recipe = timed(f"keras recipe {a.data}", [a.peers_python, os.path.join(ROOT, "bench/peers/accuracy.py"), "features",
+                                                            "--work", "{tmp}", "--data", a.data, "--weights", a.weights],
+                                 then=[a.peers_python, os.path.join(ROOT, "bench/peers/accuracy.py"), "heads", "--work", "{tmp}",
+                                       "--seeds", "0"], env=peer_env)
+        except subprocess.CalledProcessError as e:
+            print(f"keras recipe failed: {e.stderr[-500:]}", file=sys.stderr)
+        row("Stage-1 recipe, features once + 20 head epochs (2000 + 1000 photos), s (lower is better; measured)",
+            recipe, {"keras": keras_recipe}, lambda v: f"{v:.0f}", lower_better=True)
+        # The literal notebook runs the frozen base every epoch: 2000 training images at the
+        # stage-1 step speed plus 1000 validation images at inference speed, 20 times.
+        literal = {n: 20 * (2000 / peer(n, "xception", "stage1") + 1000 / peer(n, "xception", "infer"))
+                   for n in names if peer(n, "xception", "stage1") and peer(n, "xception", "infer")}
+        row("Literal notebook stage 1 (base re-run every epoch), s (lower is better; peers estimated from their step speeds)",
+            recipe, literal, lambda v: f"{v:.0f}", lower_better=True)
 
     serve = None
     if not a.skip_serve:
@@ -127,11 +150,8 @@ def main():
                          env=peer_env)
         lv64 = next((l for l in serve["levels"] if l["clients"] == 64), None)
         if lv64:
-            k, t, tc = peer("keras", "infer"), peer("torch", "infer"), peer("torch-cl", "infer")
-            o = lv64["images_per_second"]
-            rows.append(("/predict, 64 HTTP clients, img/s (peers: raw batch-32 model calls, no server)", f"{o:.1f}",
-                         f"{k:.1f}" if k else "-", f"{t:.1f}" if t else "-", f"{tc:.1f}" if tc else "-",
-                         ratio(o, k), ratio(o, max(filter(None, [t, tc]), default=None))))
+            row("/predict, 64 HTTP clients, img/s (peers: raw batch-32 model calls, no server)", lv64["images_per_second"],
+                {n: peer(n, "xception", "infer") for n in names}, f1)
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     # The widest SIMD decides the matmul kernels (ours and the peers'); machines
@@ -140,9 +160,10 @@ def main():
     cpu += ", AVX-512" if "avx512f" in flags else ", AVX2 (no AVX-512)" if "avx2" in flags else ""
     head = (f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; "
             f"{time.strftime('%Y-%m-%d %H:%M')}. Same machine, same run, 2 threads each.\n\n"
-            f"tuneserve's CPU matrix products: {ours_matmul(ours)}.\n\n"
+            f"tuneserve's CPU matrix products: {ours_matmul(ours)}. Peers: {peer_versions(peers)}.\n\n"
             f"Command: `python3 bench/compare.py {' '.join(sys.argv[1:])}` on tuneserve {git_commit()}.\n\n")
-    table = "| workload | tuneserve | Keras/TF | PyTorch eager | PyTorch channels_last | vs Keras | vs best PyTorch |\n|---|---|---|---|---|---|---|\n"
+    table = ("| workload | tuneserve | " + " | ".join(PEER_LABEL[n] for n in names) + " | vs Keras | vs best PyTorch | vs best peer |\n"
+             + "|---" * (len(names) + 5) + "|\n")
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     raw = "\n<details><summary>raw JSON</summary>\n\n```\n" + "\n".join(json.dumps(v) for v in list(ours.values()) + list(peers.values())) + "\n```\n</details>\n"
     report = head + table + (serve_section(serve) if serve else "") + raw
@@ -153,6 +174,44 @@ def main():
             fh.write(svg_chart(rows, serve))
         with open(a.out, "w") as fh:
             fh.write("# Benchmarks\n\n" + f"![chart]({os.path.basename(chart)})\n\n" + report)
+
+
+MODELS = [("xception", 150), ("mobilenetv2", 160)]
+BACKBONE = {"xception": "xception", "mobilenetv2": "mobilenet_v2"}
+LABEL = {"xception": "Xception", "mobilenetv2": "MobileNetV2"}
+# (name, framework, peers.py flags): the peers a speed-minded user would pick.
+PEERS = [("keras", "keras", []), ("torch-cl", "torch", ["--channels-last"]),
+         ("torch-compile", "torch", ["--channels-last", "--compile"])]
+PEER_LABEL = {"keras": "Keras/TF", "torch-cl": "PyTorch eager (channels_last)",
+              "torch-compile": "PyTorch torch.compile (+freezing for inference)", "torch": "PyTorch eager (NCHW)"}
+XCEPTION150_GFLOP = 8.4
+
+
+def timed(key, cmd, then=None, env=None):
+    """Wall seconds of `cmd` (and `then` after it) in a fresh temporary folder
+    ({tmp} in the arguments); kept in --cache like run_json's results."""
+    if key in CACHE:
+        return CACHE[key]
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.time()
+        for c in [cmd] + ([then] if then else []):
+            c = [x.replace("{tmp}", d) for x in c]
+            print("$", " ".join(c), file=sys.stderr, flush=True)
+            subprocess.run(c, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        CACHE[key] = time.time() - t0
+    if CACHE_FILE:
+        with open(CACHE_FILE, "w") as fh:
+            json.dump(CACHE, fh)
+    return CACHE[key]
+
+
+def peer_versions(peers):
+    seen = {}
+    for v in peers.values():
+        for k in ("tf_version", "keras_version", "torch_version", "timm_version"):
+            if k in v:
+                seen[k.removesuffix("_version")] = v[k]
+    return ", ".join(f"{k} {v}" for k, v in seen.items()) or "none ran"
 
 
 def ours_matmul(ours):
@@ -200,7 +259,7 @@ def svg_chart(rows, serve):
     ratios = []
     for r in rows:
         try:
-            ratios.append((r[0].split(",")[0], float(r[5].rstrip("x"))))
+            ratios.append((r[0].split(",")[0], float(r[-3].rstrip("x"))))
         except (ValueError, IndexError):
             pass
     top, bh, x0, scale = 35, 22, 330, 120

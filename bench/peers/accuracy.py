@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Keras's accuracy on the seed data, measured here, next to tuneserve's (issue 3's acceptance).
+"""Keras's accuracy on the seed data, measured on the same machine as tuneserve's.
 
     V=/work/peers-venv/bin/python
     $V bench/peers/accuracy.py features --work DIR              # Keras GAP features of the 3000 photos
@@ -7,7 +7,7 @@
     $V bench/peers/accuracy.py heads --work DIR [--source keras|tuneserve] [--dropout 0.2] [--seeds 0 1 2 3 4]
     $V bench/peers/accuracy.py stage2 --work DIR --checkpoint CKPT_DIR [--seeds 0]
 
-Pipeline of ../shared/docs/peer-baselines.md: `load_img(target_size=(150, 150), interpolation='bilinear')`,
+Pipeline: `load_img(target_size=(150, 150), interpolation='bilinear')`,
 x / 127.5 - 1, Xception notop in inference mode, GAP. Heads: [Dropout] -> Dense(1), Adam(1e-3), BCE from
 logits, batch 32, 20 epochs, shuffled, `keras.utils.set_random_seed(seed)`. Accuracy is always logit > 0.
 `stage2` starts from the head of a tuneserve checkpoint (so both frameworks fine-tune the same model),

@@ -5,7 +5,7 @@ Prints exactly one JSON line on stdout; everything else (framework chatter) goes
 
     python bench/peers/peers.py --framework keras|torch --workload infer|latency|stage1|stage2 \
         [--model xception|mobilenetv2] [--size 150] [--batch 32] [--iters N] [--warmup N] \
-        [--threads 2] [--channels-last] [--flush-denormal] [--weights PATH]
+        [--threads 2] [--channels-last] [--compile] [--flush-denormal] [--weights PATH]
 
 Workloads (random inputs in [-1, 1], random 0/1 labels; see README.md):
   infer    forward pass of the headless base in inference mode, batch --batch
@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up iterations (default: %s)" % DEFAULT_WARMUP)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (TF inter_op is 1; torch interop 1)")
     p.add_argument("--channels-last", action="store_true", help="torch only: NHWC memory format for model and input")
+    p.add_argument("--compile", action="store_true",
+                   help="torch only: torch.compile (inductor), with freezing for the inference-only parts "
+                        "(what a speed-minded PyTorch user runs); the first call compiles, in the warm-up")
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch only: torch.set_flush_denormal(True) (TF flushes denormals in its own threads)")
     p.add_argument("--weights", default=None,
@@ -48,6 +51,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.framework == "keras" and a.channels_last:
         p.error("--channels-last applies to torch only (Keras/TF is NHWC already)")
+    if a.framework == "keras" and a.compile:
+        p.error("--compile applies to torch only (Keras compiles its train/predict steps itself)")
     if a.framework == "keras" and a.flush_denormal:
         p.error("--flush-denormal applies to torch only")
     if a.framework == "torch" and a.weights:
@@ -73,9 +78,12 @@ def set_thread_env(threads):
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU peers only, even on a GPU box
 
 
-def time_steps(step, iters, warmup):
-    for _ in range(warmup):
+def time_steps(step, iters, warmup, extra=None):
+    for i in range(warmup):
+        t0 = time.perf_counter()
         step()
+        if i == 0 and extra is not None:
+            extra["first_call_s"] = round(time.perf_counter() - t0, 3)  # includes compiling
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -191,7 +199,15 @@ def run_torch(a):
     torch.manual_seed(a.seed)
     name = {"xception": "legacy_xception", "mobilenetv2": "mobilenetv2_100"}[a.model]
     mf = torch.channels_last if a.channels_last else torch.contiguous_format
+    if a.compile:
+        import torch._inductor.config as inductor_config
+
+        # Freezing folds the frozen weights (BatchNorm into the convs) as constants;
+        # it applies to graphs run without gradients: inference and stage 1's base.
+        inductor_config.freezing = a.workload in ("infer", "latency", "stage1")
+    compiled = (lambda m: torch.compile(m)) if a.compile else (lambda m: m)
     extra = {
+        "compile": ("torch.compile+freezing" if a.workload in ("infer", "latency", "stage1") else "torch.compile") if a.compile else "eager",
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
         "timm_model": name,
@@ -207,15 +223,15 @@ def run_torch(a):
     if a.workload in ("infer", "latency"):
         # Headless base, no pooling: same output as Keras include_top=False.
         model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
-        model = model.eval().to(memory_format=mf)
+        model = compiled(model.eval().to(memory_format=mf))
 
         def step():
-            with torch.inference_mode():
+            with torch.no_grad():
                 return model(x)
 
-        extra["call"] = "eval()+inference_mode"
+        extra["call"] = "eval()+no_grad"
+        times = time_steps(step, a.iters, a.warmup, extra)
         extra["output_shape"] = list(step().shape)
-        times = time_steps(step, a.iters, a.warmup)
         return times, extra
 
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -224,6 +240,7 @@ def run_torch(a):
         base = base.eval().to(memory_format=mf)  # inference mode: BN uses moving stats
         for p in base.parameters():
             p.requires_grad_(False)
+        base = compiled(base)
         head = torch.nn.Linear(base.num_features, 1)
         opt = torch.optim.Adam(head.parameters(), lr=LR["stage1"])
 
@@ -247,9 +264,10 @@ def run_torch(a):
         for m in bns:
             m.eval()  # BN in inference mode; its affine weights still train
         opt = torch.optim.Adam(model.parameters(), lr=LR["stage2"])
+        forward = compiled(model)
 
         def step():
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(forward(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,11 +277,11 @@ def run_torch(a):
         probe = bns[0] if bns else None
 
     extra["lr"] = LR[a.workload]
-    extra["call"] = "eager forward/backward/Adam.step"
+    extra["call"] = ("compiled" if a.compile else "eager") + " forward/backward, eager Adam.step"
     if probe is not None:
         rm0 = probe.running_mean.clone()
         g0 = probe.weight.detach().clone()
-    times = time_steps(step, a.iters, a.warmup)
+    times = time_steps(step, a.iters, a.warmup, extra)
     if probe is not None:
         extra["bn_moving_stats_frozen"] = bool(torch.equal(rm0, probe.running_mean))
         extra["bn_gamma_changed"] = bool(not torch.equal(g0, probe.weight.detach()))
