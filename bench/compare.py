@@ -116,11 +116,10 @@ def main():
                 {n: (peer(n, model, "latency", "median_s") or 0) * 1e3 for n in names}, lambda v: f"{v:.0f}", lower_better=True)
         row(f"{title} stage 2 peak RSS, GiB (lower is better)", ours[(model, "stage2")]["peak_rss_mib"] / 1024,
             {n: (peer(n, model, "stage2", "peak_rss_mib") or 0) / 1024 for n in names}, lambda v: f"{v:.2f}", lower_better=True)
-        if model == "xception":
-            # Sustained compute of the inference pass: ~8.4 GFLOP per 150x150 image (multiply-adds x 2).
-            gflops = ours[(model, "infer")]["img_per_s"] * XCEPTION150_GFLOP
-            rows.append((f"{title} inference, GFLOP/s (tuneserve, estimate: {XCEPTION150_GFLOP} GFLOP/image)", f"{gflops:.0f}",
-                         *["-"] * (len(names) + 3)))
+        gflops = ours[(model, "infer")].get("gflop_per_s")
+        if gflops:
+            # tuneserve counts the network's multiply-adds x 2 per image (`bench`).
+            rows.append((f"{title} inference, sustained GFLOP/s (tuneserve)", f"{gflops:.0f}", *["-"] * (len(names) + 3)))
 
     if not a.skip_recipe:
         recipe = timed(f"tuneserve recipe {a.data}", [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", "{tmp}",
@@ -166,7 +165,7 @@ def main():
              + "|---" * (len(names) + 5) + "|\n")
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     raw = "\n<details><summary>raw JSON</summary>\n\n```\n" + "\n".join(json.dumps(v) for v in list(ours.values()) + list(peers.values())) + "\n```\n</details>\n"
-    report = head + table + (serve_section(serve) if serve else "") + raw
+    report = head + table + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
     print(report)
     if a.out:
         chart = a.chart or os.path.splitext(a.out)[0] + ".svg"
@@ -184,7 +183,6 @@ PEERS = [("keras", "keras", []), ("torch-cl", "torch", ["--channels-last"]),
          ("torch-compile", "torch", ["--channels-last", "--compile"])]
 PEER_LABEL = {"keras": "Keras/TF", "torch-cl": "PyTorch eager (channels_last)",
               "torch-compile": "PyTorch torch.compile (+freezing for inference)", "torch": "PyTorch eager (NCHW)"}
-XCEPTION150_GFLOP = 8.4
 
 
 def timed(key, cmd, then=None, env=None):
@@ -214,10 +212,28 @@ def peer_versions(peers):
     return ", ".join(f"{k} {v}" for k, v in seen.items()) or "none ran"
 
 
+NOTES_BEGIN, NOTES_END = "<!-- notes: kept by bench/compare.py -->", "<!-- /notes -->"
+
+
+def kept_notes(out):
+    """The hand-written sections of an earlier report (between the notes
+    markers), carried into the new one."""
+    try:
+        text = open(out).read() if out else ""
+    except OSError:
+        return ""
+    if NOTES_BEGIN not in text or NOTES_END not in text:
+        return ""
+    return "\n" + text[text.index(NOTES_BEGIN):text.index(NOTES_END) + len(NOTES_END)] + "\n"
+
+
 def ours_matmul(ours):
-    names = {"openblas": "OpenBLAS (loaded at run time)", "gemm-crate": "the gemm crate (no OpenBLAS installed)"}
+    def name(k):
+        if k.startswith("openblas"):
+            return "OpenBLAS (loaded at run time), kernels " + k.partition("(")[2].rstrip(")")
+        return "the gemm crate (no OpenBLAS installed)" if k == "gemm-crate" else k
     kinds = sorted({v["cpu_matmul"] for v in ours.values() if "cpu_matmul" in v})
-    return ", ".join(names.get(k, k) for k in kinds) or "?"
+    return ", ".join(name(k) for k in kinds) or "?"
 
 
 def serve_section(serve):

@@ -38,8 +38,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tuneserve::alloc::configure();
+    let blas_kernels = tuneserve::ops::choose_blas_kernels();
     let cli = Cli::parse();
     tuneserve::cli::logging::init(cli.log_format);
+    if let Some(choice) = blas_kernels {
+        tracing::info!("{choice}");
+    }
     match cli.command {
         Command::Serve(a) => Ok(tuneserve::cli::serve::run(a)?),
         Command::Worker(a) => Ok(tuneserve::cli::worker::run(a)?),

@@ -37,12 +37,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
-/// Which library runs CPU f32 products (for logs and benchmark reports).
-pub fn cpu_backend() -> &'static str {
-    if blas::get().is_some() {
-        "openblas"
+/// Which library runs CPU f32 products, and OpenBLAS's kernels (for logs and
+/// benchmark reports).
+pub fn cpu_backend() -> String {
+    if let Some(b) = blas::get() {
+        format!("openblas ({})", b.core)
     } else {
-        "gemm-crate"
+        "gemm-crate".into()
     }
 }
 

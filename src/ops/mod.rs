@@ -28,6 +28,7 @@ pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, PreAffine};
 pub use im2col::{col2im, im2col};
+pub use blas::choose_kernels as choose_blas_kernels;
 pub use matmul::{cpu_backend as matmul_cpu_backend, matmul};
 pub use pool::{max_pool, max_pool_grad};
 
