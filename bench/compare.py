@@ -139,7 +139,8 @@ def main():
         # stage-1 step speed plus 1000 validation images at inference speed, 20 times.
         literal = {n: 20 * (2000 / peer(n, "xception", "stage1") + 1000 / peer(n, "xception", "infer"))
                    for n in names if peer(n, "xception", "stage1") and peer(n, "xception", "infer")}
-        row("Literal notebook stage 1 (base re-run every epoch), s (lower is better; peers estimated from their step speeds)",
+        row("Stage 1 as the notebook literally runs it (base re-run every epoch; peers estimated from their measured step "
+            "speeds) against tuneserve's measured recipe, s (lower is better)",
             recipe, literal, lambda v: f"{v:.0f}", lower_better=True)
 
     serve = None
