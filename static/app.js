@@ -350,26 +350,34 @@ async function showSelectedDataset() {
 
 // ---------------------------------------------------------------- training
 
+// Blank fields take the recipe's value; the job shows what was resolved.
 function readConfig() {
-  const num = (id) => Number($(`#${id}`).value);
-  const cfg = {
-    backbone: $('#backbone').value,
-    frozen_epochs: num('frozen_epochs'),
-    finetune_epochs: num('finetune_epochs'),
-    frozen_lr: num('frozen_lr'),
-    finetune_lr: num('finetune_lr'),
-    batch_size: num('batch_size'),
-    dropout: num('dropout'),
-    image_size: num('image_size'),
-    augment: $('#augment').checked,
-  };
+  const cfg = { recipe: $('#recipe').value, backbone: $('#backbone').value };
   for (const k of ['frozen_epochs', 'finetune_epochs', 'batch_size', 'image_size']) {
-    if (!Number.isInteger(cfg[k]) || cfg[k] < 0) throw new PageError(`${$(`label[for=${k}]`).textContent} must be a whole number.`);
+    const raw = $(`#${k}`).value.trim();
+    if (raw === '') continue;
+    const v = Number(raw);
+    if (!Number.isInteger(v) || v < 0) throw new PageError(`${$(`label[for=${k}]`).textContent} must be a whole number.`);
+    cfg[k] = v;
   }
   for (const k of ['frozen_lr', 'finetune_lr', 'dropout']) {
-    if (!Number.isFinite(cfg[k])) throw new PageError(`${$(`label[for=${k}]`).textContent} must be a number.`);
+    const raw = $(`#${k}`).value.trim();
+    if (raw === '') continue;
+    const v = Number(raw);
+    if (!Number.isFinite(v)) throw new PageError(`${$(`label[for=${k}]`).textContent} must be a number.`);
+    cfg[k] = v;
+  }
+  for (const k of ['augment', 'tta']) {
+    if ($(`#${k}`).value !== '') cfg[k] = $(`#${k}`).value === 'true';
   }
   return cfg;
+}
+
+// One line for the settings a job runs with.
+function recipeText(hp) {
+  const size = hp.image_size ? `${hp.image_size} px` : 'notebook size';
+  return `${hp.recipe || 'notebook'}: ${size}, ${hp.frozen_epochs} + ${hp.finetune_epochs} epochs, batch ${hp.batch_size}, ` +
+    `augmentation ${hp.augment ? 'on' : 'off'}, test-time mirroring ${hp.tta ? 'on' : 'off'}`;
 }
 
 async function startJob(e) {
@@ -449,6 +457,7 @@ function watchJob(job) {
   $('#live-empty').hidden = true;
   $('#live-body').hidden = false;
   $('#live-id').textContent = job.id;
+  $('#live-recipe').textContent = recipeText(job.hyperparameters);
   showError('#live-error', null);
   $('#live-result').hidden = true;
   $('#confusion').hidden = true;

@@ -160,7 +160,16 @@ fn exports_of_a_fine_tuned_checkpoint_match_its_predictions() {
     let predictor = Predictor::load(&ckpt, &Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
     let imgs: Vec<RgbImage> = (0..6).map(|i| fixtures::synthetic::image_of(i % 3, 71, &mut rng)).collect();
-    let ours: Vec<Vec<f32>> = predictor.predict(&imgs).unwrap().into_iter().map(|p| p.logits).collect();
+    let logits = |imgs: &[RgbImage], tta: bool| -> Vec<Vec<f32>> {
+        predictor.predict(imgs, &vec![tta; imgs.len()]).unwrap().into_iter().map(|p| p.logits).collect()
+    };
+    let ours = logits(&imgs, false);
+    // Test-time augmentation: the mean of the image's and its mirror's logits.
+    let mirrors: Vec<RgbImage> = imgs.iter().map(image::imageops::flip_horizontal).collect();
+    let (with_tta, of_mirrors) = (logits(&imgs, true), logits(&mirrors, false));
+    let mean: Vec<Vec<f32>> = ours.iter().zip(&of_mirrors).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect()).collect();
+    assert!(max_diff(&with_tta, &mean) <= 1e-5, "tta {with_tta:?} vs mean {mean:?}");
+    assert!(max_diff(&ours, &of_mirrors) > 1e-3, "the mirror changes the logits (else the check above is empty)");
     let x = to_tensor_data(&imgs, BackboneKind::Xception.scaling());
     let (theirs, meta) = onnx_logits(&export(&ckpt, ExportFormat::Onnx).unwrap(), &x, imgs.len(), 71);
     let d = max_diff(&ours, &theirs);

@@ -68,12 +68,54 @@ fn learns_two_generated_classes_and_predicts() {
     let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(77);
     let imgs: Vec<_> = (0..2).map(|c| fixtures::synthetic::image_of(c, 71, &mut rng)).collect();
-    let preds = p.predict(&imgs).unwrap();
+    let preds = p.predict(&imgs, &[false, false]).unwrap();
     assert_eq!(preds[0].label, "class0");
     assert_eq!(preds[1].label, "class1");
     assert_eq!(preds[0].logits.len(), 1);
     let total: f32 = preds[0].probabilities.values().sum();
     assert!((total - 1.0).abs() < 1e-5);
+}
+
+/// With test-time augmentation the run's validation metrics are those of the
+/// mean logit of each image and its mirror, which the published model's
+/// predictions reproduce; without it, those of the image alone.
+#[test]
+fn validation_metrics_match_the_models_predictions_with_and_without_tta() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fixtures::synthetic::write_dataset(&data, 2, 24, 12, 71, 4);
+    let mut val = Vec::new();
+    for c in 0..2u32 {
+        for i in 0..12 {
+            val.push((image::open(data.join(format!("validation/class{c}/{i}.png"))).unwrap().to_rgb8(), c));
+        }
+    }
+    let imgs: Vec<_> = val.iter().map(|(im, _)| im.clone()).collect();
+    let mut losses = Vec::new();
+    for (name, tta, stage2) in [("s1", true, 0), ("s1-plain", false, 0), ("s2", true, 1)] {
+        let cfg = TrainConfig { tta, dropout: 0.0, ..config(3, stage2) };
+        let s = spec(&data, &dir.path().join(name), cfg, false);
+        let summary = train::run(s, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        assert_eq!(summary.best_stage, if stage2 > 0 { Stage::Finetune } else { Stage::Frozen }, "{name}");
+        let p = Predictor::load(&dir.path().join(name).join(&summary.best_checkpoint), &Device::Cpu).unwrap();
+        assert_eq!(p.tta(), tta, "the model remembers its recipe's tta");
+        let preds = p.predict(&imgs, &vec![tta; imgs.len()]).unwrap();
+        let bce: f64 = preds
+            .iter()
+            .zip(&val)
+            .map(|(p, (_, y))| {
+                let z = p.logits[0] as f64;
+                z.max(0.0) - z * *y as f64 + (-z.abs()).exp().ln_1p()
+            })
+            .sum::<f64>()
+            / val.len() as f64;
+        println!("{name}: run's validation loss {} vs predictions' {bce}", summary.validation.loss);
+        assert!((bce - summary.validation.loss).abs() < 1e-6, "{name}: {bce} vs {}", summary.validation.loss);
+        losses.push(summary.validation.loss);
+    }
+    // Far above the agreement asked for above, so a run or a predictor that
+    // skipped the mirror would fail it.
+    assert!((losses[0] - losses[1]).abs() > 1e-5, "tta changes the validation loss: {losses:?}");
 }
 
 #[test]
@@ -85,7 +127,7 @@ fn three_classes_use_softmax_and_learn() {
     assert!(summary.validation.accuracy >= 0.9, "validation accuracy {}", summary.validation.accuracy);
     let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
-    let pred = p.predict(&[fixtures::synthetic::image_of(2, 71, &mut rng)]).unwrap();
+    let pred = p.predict(&[fixtures::synthetic::image_of(2, 71, &mut rng)], &[false]).unwrap();
     assert_eq!(pred[0].logits.len(), 3);
 }
 

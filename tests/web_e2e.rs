@@ -299,6 +299,11 @@ async fn page_trains_and_predicts_in_a_real_browser() {
         set_value(&c, "#image_size", "71").await;
         c.find(Locator::Css("#start-job")).await.unwrap().click().await.unwrap();
 
+        // The job shows the recipe it runs and the settings it resolved to.
+        wait_for(&c, "document.querySelector('#live-recipe').textContent !== '–'", Duration::from_secs(30), "the job's recipe line").await;
+        let recipe = js_string(&c, "document.querySelector('#live-recipe').textContent").await;
+        assert!(recipe.starts_with("standard: 71 px") && recipe.contains("test-time mirroring off"), "recipe line: {recipe}");
+
         // Live: the first epoch arrives over SSE and is drawn.
         wait_for(
             &c,

@@ -2,9 +2,10 @@
 """Keras's accuracy on the seed data, measured on the same machine as tuneserve's.
 
     V=/work/peers-venv/bin/python
-    $V bench/peers/accuracy.py features --work DIR              # Keras GAP features of the 3000 photos
+    $V bench/peers/accuracy.py features --work DIR [--ood DIR]  # Keras GAP features of the 3000 photos (+ others)
     $V bench/peers/accuracy.py compare --work DIR --bin BIN     # tuneserve's features (`embed`) vs Keras's
     $V bench/peers/accuracy.py heads --work DIR [--source keras|tuneserve] [--dropout 0.2] [--seeds 0 1 2 3 4]
+                                                            # with --ood features: those photos' accuracy too
     $V bench/peers/accuracy.py stage2 --work DIR --checkpoint CKPT_DIR [--seeds 0]
 
 Pipeline: `load_img(target_size=(150, 150), interpolation='bilinear')`,
@@ -13,6 +14,7 @@ logits, batch 32, 20 epochs, shuffled, `keras.utils.set_random_seed(seed)`. Accu
 `stage2` starts from the head of a tuneserve checkpoint (so both frameworks fine-tune the same model),
 unfreezes the base with BatchNorm statistics frozen (its `call` is forced to training=False: Keras 3's fit()
 otherwise runs it in training mode, keras-team/keras#20285) and runs one epoch of Adam(1e-5).
+`--ood DIR` names photos from another source (DIR/cat/*, DIR/dog/*): the heads are scored on them too.
 Paths default to $TUNESERVE_FIXTURES (../shared).
 """
 
@@ -59,6 +61,12 @@ def features(a):
         np.save(f"{a.work}/{split}_keras.npy", base.predict(images(paths), batch_size=32, verbose=0))
         np.save(f"{a.work}/{split}_labels.npy", labels)
         print(split, len(paths), "images", flush=True)
+    if a.ood:
+        paths = [p for c in ["cat", "dog"] for p in sorted(glob.glob(f"{a.ood}/{c}/*"))]
+        labels = np.array([float("/dog/" in p) for p in paths], dtype=np.float32)
+        np.save(f"{a.work}/ood_keras.npy", base.predict(images(paths), batch_size=32, verbose=0))
+        np.save(f"{a.work}/ood_labels.npy", labels)
+        print("other-source", len(paths), "images", flush=True)
 
 
 def tuneserve_features(a, split):
@@ -85,7 +93,10 @@ def heads(a):
     import keras
     feats = (lambda s: np.load(f"{a.work}/{s}_keras.npy")) if a.source == "keras" else (lambda s: tuneserve_features(a, s))
     xt, yt, xv, yv = feats("train"), np.load(f"{a.work}/train_labels.npy"), feats("validation"), np.load(f"{a.work}/validation_labels.npy")
-    final, best = [], []
+    ood = os.path.exists(f"{a.work}/ood_keras.npy") and a.source == "keras"
+    if ood:
+        xo, yo = np.load(f"{a.work}/ood_keras.npy"), np.load(f"{a.work}/ood_labels.npy")
+    final, best, ood_acc, ood_bal = [], [], [], []
     for seed in a.seeds:
         keras.utils.set_random_seed(seed)
         inp = keras.Input((xt.shape[1],))
@@ -98,8 +109,17 @@ def heads(a):
             accs.append(float(((m.predict(xv, verbose=0)[:, 0] > 0) == yv).mean()))
         final.append(accs[-1])
         best.append(max(accs))
-        print(f"{a.source} features, dropout {a.dropout}, seed {seed}: final {accs[-1]:.3f}, best epoch {max(accs):.3f}", flush=True)
+        line = f"{a.source} features, dropout {a.dropout}, seed {seed}: final {accs[-1]:.3f}, best epoch {max(accs):.3f}"
+        if ood:
+            right = (m.predict(xo, verbose=0)[:, 0] > 0) == yo
+            ood_acc.append(float(right.mean()))
+            ood_bal.append(float((right[yo == 0].mean() + right[yo == 1].mean()) / 2))
+            line += f"; other-source photos (final model): {ood_acc[-1]:.4f}, balanced {ood_bal[-1]:.4f}"
+        print(line, flush=True)
     print(f"{a.source} features, dropout {a.dropout}: mean final {np.mean(final):.4f}, mean best {np.mean(best):.4f}")
+    if ood:
+        print(f"other-source photos ({len(yo)}): mean {np.mean(ood_acc):.4f} ± {(max(ood_acc) - min(ood_acc)) / 2:.4f}, "
+              f"balanced {np.mean(ood_bal):.4f} ± {(max(ood_bal) - min(ood_bal)) / 2:.4f}")
 
 
 def stage2(a):
@@ -143,6 +163,7 @@ def main():
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--checkpoint", help="a tuneserve checkpoint folder (stage2)")
+    p.add_argument("--ood", help="photos from another source: DIR/cat/*, DIR/dog/* (features)")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     if a.what == "stage2" and not a.checkpoint:

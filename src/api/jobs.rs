@@ -23,7 +23,8 @@ use crate::store::JobStatus;
 ///
 /// The job is queued; a worker runs the two-stage recipe on it (stage 1:
 /// frozen base, head only; stage 2: fine-tuning with BatchNorm statistics
-/// frozen). Hyper-parameters default to the notebook's.
+/// frozen). Hyper-parameters come from a recipe (`standard` unless
+/// `hyperparameters.recipe` says `notebook`) with any field overridden.
 #[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", tag = "jobs", request_body = CreateJob,
     responses(
         (status = 201, body = Job),
@@ -37,10 +38,11 @@ use crate::store::JobStatus;
 pub async fn create(State(st): State<SharedState>, JsonBody(req): JsonBody<CreateJob>) -> ApiResult<(StatusCode, Json<Job>)> {
     check_id("dataset", &req.dataset_id)?;
     let dataset = st.db.get_dataset(&req.dataset_id).await?.ok_or_else(|| not_found("dataset", &req.dataset_id))?;
-    let mut config = req.hyperparameters.unwrap_or_default();
+    let mut settings = req.hyperparameters.unwrap_or_default();
     if let Some(b) = req.backbone {
-        config.backbone = b;
+        settings.backbone = Some(b);
     }
+    let config = settings.resolve();
     config.validate().map_err(|m| ApiError::unprocessable("invalid_hyperparameters", m))?;
     let variant = req.variant.unwrap_or(Variant::Full);
     let images = dataset.counts.iter().map(|c| (c.train + c.validation) as u64).sum();

@@ -10,9 +10,9 @@ use axum::Json;
 use base64::Engine;
 use rayon::prelude::*;
 
-use super::body::{check_declared_length, check_id, media_type, parse_json, read_limited};
+use super::body::{check_declared_length, check_id, media_type, parse_json, read_limited, ApiQuery};
 use super::datasets::multipart_error;
-use super::types::{PredictJson, PredictResponse};
+use super::types::{PredictJson, PredictQuery, PredictResponse};
 use super::SharedState;
 use crate::data::image::{self, ImageError};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -24,12 +24,12 @@ use crate::serve::registry::LoadedModel;
 /// ..., or `application/octet-stream`), several as multipart/form-data file
 /// fields, or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.
 /// Concurrent requests are batched together on the model's device.
-#[utoipa::path(post, path = "/v1/predict", operation_id = "predict", tag = "predict",
+#[utoipa::path(post, path = "/v1/predict", operation_id = "predict", tag = "predict", params(PredictQuery),
     request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
         (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
     responses(
         (status = 200, body = PredictResponse),
-        (status = 400, description = "no image, malformed JSON, multipart or base64", body = ErrorBody),
+        (status = 400, description = "no image, malformed JSON, multipart or base64, or a bad query parameter", body = ErrorBody),
         (status = 413, description = "body over the limit, too many images, or more pixels than a request may hold", body = ErrorBody),
         (status = 415, description = "unsupported content type, or a file that is not an image", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape, a damaged image, or one too large in pixels", body = ErrorBody),
@@ -37,19 +37,19 @@ use crate::serve::registry::LoadedModel;
         (status = 503, description = "no model published yet, the model cannot be loaded, or the prediction deadline passed (Retry-After)", body = ErrorBody),
     ),
     security((), ("api_key" = [])))]
-pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<Json<PredictResponse>> {
+pub async fn predict(State(st): State<SharedState>, ApiQuery(q): ApiQuery<PredictQuery>, req: Request) -> ApiResult<Json<PredictResponse>> {
     let req = check_declared_length(req, st.cfg.max_predict_bytes as u64).await?;
     let model = st.registry.default_model().await?;
-    run(&st, model, req).await
+    run(&st, model, q, req).await
 }
 
 /// Classify images with a given model (same inputs as /v1/predict).
-#[utoipa::path(post, path = "/v1/models/{id}/predict", operation_id = "predict_with_model", tag = "predict", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/models/{id}/predict", operation_id = "predict_with_model", tag = "predict", params(("id" = String, Path), PredictQuery),
     request_body(content((PredictJson = "application/json"), (super::types::Binary = "image/jpeg"), (super::types::Binary = "image/png"),
         (super::types::Binary = "application/octet-stream"), (super::types::PredictForm = "multipart/form-data"))),
     responses(
         (status = 200, body = PredictResponse),
-        (status = 400, description = "no image, malformed JSON, multipart or base64", body = ErrorBody),
+        (status = 400, description = "no image, malformed JSON, multipart or base64, or a bad query parameter", body = ErrorBody),
         (status = 413, description = "body over the limit, too many images, or more pixels than a request may hold", body = ErrorBody),
         (status = 415, description = "unsupported content type, or a file that is not an image", body = ErrorBody),
         (status = 422, description = "JSON of the wrong shape, a damaged image, or one too large in pixels", body = ErrorBody),
@@ -61,15 +61,17 @@ pub async fn predict(State(st): State<SharedState>, req: Request) -> ApiResult<J
 pub async fn predict_model(
     State(st): State<SharedState>,
     super::body::ApiPath(id): super::body::ApiPath<String>,
+    ApiQuery(q): ApiQuery<PredictQuery>,
     req: Request,
 ) -> ApiResult<Json<PredictResponse>> {
     check_id("model", &id)?;
     let req = check_declared_length(req, st.cfg.max_predict_bytes as u64).await?;
     let model = st.registry.model(&id).await?;
-    run(&st, model, req).await
+    run(&st, model, q, req).await
 }
 
-async fn run(st: &SharedState, model: Arc<LoadedModel>, req: Request) -> ApiResult<Json<PredictResponse>> {
+async fn run(st: &SharedState, model: Arc<LoadedModel>, q: PredictQuery, req: Request) -> ApiResult<Json<PredictResponse>> {
+    let tta = q.tta.unwrap_or(model.tta);
     let blobs = read_images(req, st.cfg.max_predict_bytes).await?;
     if blobs.is_empty() {
         return Err(ApiError::bad_request("no_images", "the request holds no image"));
@@ -110,8 +112,8 @@ async fn run(st: &SharedState, model: Arc<LoadedModel>, req: Request) -> ApiResu
         })
     })
     .await??;
-    let predictions = model.batcher.predict(room, images).await?;
-    Ok(Json(PredictResponse { model: model.id.clone(), predictions }))
+    let predictions = model.batcher.predict(room, images, tta).await?;
+    Ok(Json(PredictResponse { model: model.id.clone(), tta, predictions }))
 }
 
 fn image_error(i: usize, e: ImageError) -> ApiError {

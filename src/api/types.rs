@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::data::dataset::{ClassCount, Rejected};
 use crate::model::{BackboneKind, Variant};
 use crate::store::{CheckpointRow, DatasetRow, EventRow, JobMetrics, JobRow, JobStatus, ModelRow, ModelStage};
-use crate::train::{Stage, TrainConfig};
+use crate::train::{Stage, TrainConfig, TrainSettings};
 
 fn secs(ms: i64) -> i64 {
     ms / 1000
@@ -80,8 +80,10 @@ pub struct CreateJob {
     /// `full` (pretrained ImageNet weights, the default) or `tiny` (a small
     /// seeded network of the same topology, for tests and demos).
     pub variant: Option<Variant>,
-    /// Every field is optional; the defaults are the notebook's.
-    pub hyperparameters: Option<TrainConfig>,
+    /// Every field is optional: a recipe (`standard`, the default, or
+    /// `notebook`, the Keras notebook exactly) and any of its settings to
+    /// override.
+    pub hyperparameters: Option<TrainSettings>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -316,8 +318,18 @@ pub struct Binary(Vec<u8>);
 pub struct PredictResponse {
     /// The model that answered.
     pub model: String,
+    /// Whether test-time augmentation was used (mean logit of each image and its mirror).
+    pub tta: bool,
     /// One per input image, in input order.
     pub predictions: Vec<crate::serve::Prediction>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PredictQuery {
+    /// Test-time augmentation: the mean logit of each image and its mirror
+    /// (twice the compute). Default: on for models trained with it.
+    pub tta: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -21,6 +21,10 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
+    /// Test-time augmentation (mean logit of each image and its mirror);
+    /// default: as the model was trained.
+    #[arg(long)]
+    pub tta: Option<bool>,
     /// Exit 0 even when some images could not be read (they are still reported).
     #[arg(long)]
     pub keep_going: bool,
@@ -47,6 +51,7 @@ pub fn resolve_checkpoint(p: &std::path::Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let predictor = Predictor::load(&resolve_checkpoint(&args.checkpoint)?, &pick_device(args.device)?)?;
     let limits = DecodeLimits::default();
+    let tta = args.tta.unwrap_or(predictor.tta());
     let pb = super::progress::bar(args.images.len() as u64, "predict", false);
     let mut failures = super::progress::Failures::default();
     for chunk in args.images.chunks(args.batch_size.max(1)) {
@@ -61,7 +66,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 Err(e) => failures.record(&pb, p, e),
             }
         }
-        for (p, pred) in paths.iter().zip(predictor.predict(&imgs)?) {
+        for (p, pred) in paths.iter().zip(predictor.predict(&imgs, &vec![tta; imgs.len()])?) {
             let line = serde_json::to_string(&Line { path: p.display().to_string(), prediction: &pred })?;
             pb.suspend(|| println!("{line}"));
         }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::device::{pick_device, DeviceArg};
 use crate::data::dataset::DatasetManifest;
 use crate::model::{BackboneKind, Variant};
-use crate::train::{self, Event, RunSpec, Stage, TrainConfig, WeightsChoice};
+use crate::train::{self, Event, Recipe, RunSpec, Stage, TrainConfig, TrainSettings, WeightsChoice};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -33,45 +33,54 @@ pub struct TrainArgs {
     /// Minutes between mid-epoch checkpoints in stage 2 (0 = at epoch ends only).
     #[arg(long, default_value_t = 10.0)]
     pub checkpoint_minutes: f64,
+    /// Named defaults for every setting below: standard (tuneserve's) or
+    /// notebook (the Keras notebook exactly).
+    #[arg(long, value_enum, default_value_t = Recipe::Standard)]
+    pub recipe: Recipe,
     #[arg(long, default_value = "xception")]
     pub backbone: BackboneKind,
     /// full (the pretrained network) or tiny (a small seeded one, for trying things out).
     #[arg(long, default_value = "full")]
     pub variant: Variant,
+    /// Input size (default: the recipe's for the backbone).
     #[arg(long)]
     pub image_size: Option<usize>,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 20)]
-    pub frozen_epochs: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub frozen_lr: f64,
-    #[arg(long, default_value_t = 10)]
-    pub finetune_epochs: usize,
-    #[arg(long, default_value_t = 1e-5)]
-    pub finetune_lr: f64,
-    #[arg(long, default_value_t = 0.2)]
-    pub dropout: f32,
-    /// Early-stopping patience in epochs (0 = off).
-    #[arg(long, default_value_t = 5)]
-    pub patience: usize,
-    /// Random flips and rotations (RandomFlip + RandomRotation(0.1)).
     #[arg(long)]
-    pub augment: bool,
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub frozen_epochs: Option<usize>,
+    #[arg(long)]
+    pub frozen_lr: Option<f64>,
+    #[arg(long)]
+    pub finetune_epochs: Option<usize>,
+    #[arg(long)]
+    pub finetune_lr: Option<f64>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Early-stopping patience in epochs (0 = off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Random flips and rotations (RandomFlip + RandomRotation(0.1)); `--augment false` turns them off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub augment: Option<bool>,
+    /// Test-time augmentation: mean logit of each image and its mirror (`--tta false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub tta: Option<bool>,
     /// Validation fraction when the dataset has no validation/ folder.
-    #[arg(long, default_value_t = 0.2)]
-    pub validation_split: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[arg(long)]
+    pub validation_split: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
 }
 
 impl TrainArgs {
     pub fn config(&self) -> TrainConfig {
-        TrainConfig {
-            backbone: self.backbone,
-            image_size: self.image_size.unwrap_or(0),
+        TrainSettings {
+            recipe: Some(self.recipe),
+            backbone: Some(self.backbone),
+            image_size: self.image_size,
             batch_size: self.batch_size,
             frozen_epochs: self.frozen_epochs,
             frozen_lr: self.frozen_lr,
@@ -80,9 +89,11 @@ impl TrainArgs {
             dropout: self.dropout,
             patience: self.patience,
             augment: self.augment,
+            tta: self.tta,
             validation_split: self.validation_split,
             seed: self.seed,
         }
+        .resolve()
     }
 }
 

@@ -24,9 +24,18 @@ pub enum Variant {
 }
 
 impl BackboneKind {
+    /// The Keras notebook's input size (150 for Xception).
     pub fn default_size(self) -> usize {
         match self {
             BackboneKind::Xception => 150,
+            BackboneKind::MobilenetV2 => 224,
+        }
+    }
+
+    /// The size the ImageNet weights were trained at.
+    pub fn native_size(self) -> usize {
+        match self {
+            BackboneKind::Xception => 299,
             BackboneKind::MobilenetV2 => 224,
         }
     }

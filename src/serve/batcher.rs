@@ -28,6 +28,8 @@ pub struct BatchLimits {
 
 struct Work {
     images: Vec<RgbImage>,
+    /// Test-time augmentation for this request's images.
+    tta: bool,
     queued: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
@@ -64,8 +66,9 @@ impl Batcher {
         })
     }
 
-    /// Queues `images` (for which `room` was reserved) and waits for their predictions.
-    pub async fn predict(&self, mut room: Reservation<'_>, images: Vec<RgbImage>) -> Result<Vec<Prediction>, PredictError> {
+    /// Queues `images` (for which `room` was reserved) and waits for their
+    /// predictions (with test-time augmentation if `tta`).
+    pub async fn predict(&self, mut room: Reservation<'_>, images: Vec<RgbImage>, tta: bool) -> Result<Vec<Prediction>, PredictError> {
         let n = room.n;
         if images.len() != n {
             return Err(PredictError::Internal(format!("{} images for a reservation of {n}", images.len())));
@@ -75,7 +78,7 @@ impl Batcher {
         let (reply, rx) = oneshot::channel();
         let queued = Instant::now();
         let deadline = queued + self.timeout;
-        if self.tx.send(Work { images, queued, deadline, reply }).is_err() {
+        if self.tx.send(Work { images, tta, queued, deadline, reply }).is_err() {
             release(&self.depth, n);
             return Err(PredictError::ModelUnavailable("the model's prediction thread has stopped".into()));
         }
@@ -188,13 +191,16 @@ fn run(predictor: Predictor, rx: mpsc::Receiver<Work>, depth: Arc<AtomicUsize>, 
             metrics::histogram!("tuneserve_predict_queue_wait_seconds").record((started - w.queued).as_secs_f64());
         }
         let counts: Vec<usize> = batch.iter().map(|w| w.images.len()).collect();
+        let tta: Vec<bool> = batch.iter().flat_map(|w| std::iter::repeat_n(w.tta, w.images.len())).collect();
         let images: Vec<RgbImage> = batch.iter_mut().flat_map(|w| std::mem::take(&mut w.images)).collect();
         // One request larger than max_batch runs in max_batch-sized chunks.
+        let chunk = limits.max_batch.max(1);
         let result: Result<Vec<Prediction>, String> = pool
             .install(|| {
                 images
-                    .chunks(limits.max_batch.max(1))
-                    .map(|c| predictor.predict(c).map_err(|e| e.to_string()))
+                    .chunks(chunk)
+                    .zip(tta.chunks(chunk))
+                    .map(|(c, t)| predictor.predict(c, t).map_err(|e| e.to_string()))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map(|v| v.into_iter().flatten().collect::<Vec<_>>())

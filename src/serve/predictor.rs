@@ -68,10 +68,17 @@ impl Predictor {
         Ok(crate::model::keras::weights(&self.backbone, &self.head, self.meta.image_size)?)
     }
 
+    /// Whether the model was trained with test-time augmentation (its
+    /// predictions then default to it too).
+    pub fn tta(&self) -> bool {
+        self.meta.config.tta
+    }
+
     /// Predicts decoded images (resized here exactly as in training if
     /// needed; images decoded for this model already have its size). The
-    /// pixels are copied once, into the network's input layout.
-    pub fn predict(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, TrainError> {
+    /// pixels are copied once, into the network's input layout. Images with
+    /// `tta` set get the mean logit of themselves and their mirror.
+    pub fn predict(&self, images: &[RgbImage], tta: &[bool]) -> Result<Vec<Prediction>, TrainError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -80,10 +87,22 @@ impl Predictor {
             .iter()
             .map(|im| if im.dimensions() == (s, s) { Cow::Borrowed(im) } else { Cow::Owned(resize_bilinear_pil(im, s, s)) })
             .collect();
-        let refs: Vec<&RgbImage> = resized.iter().map(|c| c.as_ref()).collect();
+        let mirrored: Vec<(usize, RgbImage)> = (0..images.len())
+            .filter(|i| tta.get(*i).copied().unwrap_or(false))
+            .map(|i| (i, image::imageops::flip_horizontal(resized[i].as_ref())))
+            .collect();
+        let refs: Vec<&RgbImage> = resized.iter().map(|c| c.as_ref()).chain(mirrored.iter().map(|(_, m)| m)).collect();
         let data = to_planar_data(&refs, self.meta.backbone.scaling());
-        let x = candle_core::Tensor::from_vec(data, (3, images.len(), s as usize, s as usize), &self.backbone.device)?;
-        let logits = self.head.forward(&self.backbone.features_planar(x)?)?;
+        let x = candle_core::Tensor::from_vec(data, (3, refs.len(), s as usize, s as usize), &self.backbone.device)?;
+        let mut rows = self.head.forward(&self.backbone.features_planar(x)?)?.to_vec2::<f32>()?;
+        let mirror_rows = rows.split_off(images.len());
+        for ((i, _), m) in mirrored.iter().zip(mirror_rows) {
+            for (a, b) in rows[*i].iter_mut().zip(m) {
+                *a = (*a + b) / 2.0;
+            }
+        }
+        let k = rows.first().map_or(0, |r| r.len());
+        let logits = candle_core::Tensor::from_vec(rows.concat(), (images.len(), k), &candle_core::Device::Cpu)?;
         let probs = loss::probabilities(&logits)?;
         let rows = logits.to_vec2::<f32>()?;
         Ok(rows

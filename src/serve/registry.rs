@@ -21,6 +21,8 @@ pub struct LoadedModel {
     pub id: String,
     pub classes: Vec<String>,
     pub image_size: usize,
+    /// Whether predictions use test-time augmentation unless a request says otherwise.
+    pub tta: bool,
     pub batcher: Batcher,
 }
 
@@ -210,9 +212,10 @@ impl Registry {
                 .map_err(|e| PredictError::ModelUnavailable(format!("model {id} could not be loaded: {e}")))?;
             let classes = predictor.classes().to_vec();
             let image_size = predictor.image_size();
+            let tta = predictor.tta();
             let batcher = Batcher::start(&id, predictor, limits, pool)
                 .map_err(|e| PredictError::Internal(format!("could not start the prediction thread: {e}")))?;
-            Ok(LoadedModel { id, classes, image_size, batcher })
+            Ok(LoadedModel { id, classes, image_size, tta, batcher })
         })
         .await
         .map_err(|e| PredictError::Internal(format!("loading the model failed: {e}")))??;

@@ -1,20 +1,36 @@
 //! Keras-style augmentation on u8 images: RandomFlip("horizontal") and
-//! RandomRotation(factor) with bilinear sampling and 'reflect' fill.
+//! RandomRotation(factor) with bilinear sampling and 'reflect' fill; and the
+//! plain mirror image that test-time augmentation averages with.
 
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
-    pub flip: bool,
+    pub flip: Flip,
     /// Fraction of a full turn: angles are drawn from [-factor, factor] * 2pi.
     pub rotation: f64,
 }
 
+/// Whether an image is mirrored left to right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    Never,
+    /// Half the time.
+    Random,
+    Always,
+}
+
 impl Augment {
-    pub const KERAS_GUIDE: Augment = Augment { flip: true, rotation: 0.1 };
+    pub const KERAS_GUIDE: Augment = Augment { flip: Flip::Random, rotation: 0.1 };
+    /// The mirror image only (test-time augmentation's second view).
+    pub const MIRROR: Augment = Augment { flip: Flip::Always, rotation: 0.0 };
 
     pub fn apply(&self, img: &[u8], size: usize, rng: &mut impl Rng) -> Vec<u8> {
-        let flip = self.flip && rng.gen_bool(0.5);
+        let flip = match self.flip {
+            Flip::Never => false,
+            Flip::Random => rng.gen_bool(0.5),
+            Flip::Always => true,
+        };
         let angle = if self.rotation > 0.0 {
             rng.gen_range(-self.rotation..=self.rotation) * std::f64::consts::TAU
         } else {

@@ -199,18 +199,30 @@ fn head_logits_rows(head: &Head, feats: &FeatureRows, batch: usize, dev: &Device
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// The whole network's logits for every image, a batch at a time (nothing
-/// kept but the logits).
+/// The whole network's logits for every image (the mean with its mirror's
+/// with test-time augmentation), a batch at a time (nothing kept but the
+/// logits).
 fn logits_of(bb: &Backbone, head: &Head, images: &Images, cfg: &TrainConfig, cancel: &AtomicBool) -> Result<Tensor, TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
-    let mut parts = Vec::with_capacity(idx.len().div_ceil(cfg.batch_size));
-    let make = |chunk: &[usize]| batch_of(images, chunk, cfg, None, &bb.device);
-    loader::prefetch(idx.chunks(cfg.batch_size), PREFETCH, make, |x| {
-        check_cancel(cancel)?;
-        parts.push(head_logits(head, &bb.features_planar(x)?)?);
-        Ok(())
-    })?;
-    Ok(Tensor::cat(&parts, 0)?)
+    let views = [None, Some((Augment::MIRROR, 0))];
+    let mut per_view = Vec::with_capacity(2);
+    for aug in views.into_iter().take(val_passes(cfg)) {
+        let mut parts = Vec::with_capacity(idx.len().div_ceil(cfg.batch_size));
+        let make = |chunk: &[usize]| batch_of(images, chunk, cfg, aug, &bb.device);
+        loader::prefetch(idx.chunks(cfg.batch_size), PREFETCH, make, |x| {
+            check_cancel(cancel)?;
+            parts.push(head_logits(head, &bb.features_planar(x)?)?);
+            Ok(())
+        })?;
+        per_view.push(Tensor::cat(&parts, 0)?);
+    }
+    mean_logits(&per_view)
+}
+
+/// The mean of several views' logits (test-time augmentation).
+fn mean_logits(per_view: &[Tensor]) -> Result<Tensor, TrainError> {
+    let sum = per_view[1..].iter().try_fold(per_view[0].clone(), |a, b| a + b)?;
+    Ok((sum / per_view.len() as f64)?)
 }
 
 fn head_logits(head: &Head, feats: &Tensor) -> Result<Tensor, TrainError> {
@@ -409,8 +421,8 @@ fn stage1(
     (train_s, val_s): (&[&Sample], &[&Sample]),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(String, CheckpointMeta), TrainError> {
-    let (store, train_views, val_feats) = feature_pass(r, bb, (train, val), (train_s, val_s), on_event)?;
-    let Some(best) = head_epochs(r, head, (&train.labels, &val.labels), (&train_views, &val_feats), on_event)? else {
+    let (store, train_views, val_views) = feature_pass(r, bb, (train, val), (train_s, val_s), on_event)?;
+    let Some(best) = head_epochs(r, head, (&train.labels, &val.labels), (&train_views, &val_views), on_event)? else {
         return Err(TrainError::Config("stage 1 ran no epoch".into()));
     };
     head.kernel.set(&best.kernel)?;
@@ -426,7 +438,8 @@ fn stage1(
 }
 
 /// The frozen base's features of every training view (one, or
-/// `STAGE1_VIEWS` augmented ones) and of the validation images, on disk;
+/// `STAGE1_VIEWS` augmented ones) and of the validation images (and their
+/// mirrors with test-time augmentation), on disk;
 /// a resumed run reuses what an interrupted one finished.
 fn feature_pass(
     r: &Run,
@@ -434,11 +447,12 @@ fn feature_pass(
     (train, val): (&Images, &Images),
     (train_s, val_s): (&[&Sample], &[&Sample]),
     on_event: &mut dyn FnMut(Event),
-) -> Result<(FeatureStore, Vec<FeatureRows>, FeatureRows), TrainError> {
+) -> Result<(FeatureStore, Vec<FeatureRows>, Vec<FeatureRows>), TrainError> {
     let (spec, cfg, cancel) = (r.spec, r.cfg, r.cancel);
     let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
     let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
-    let total_steps = (views * train.len() + val.len()).div_ceil(cfg.batch_size);
+    let steps = |n: usize| n.div_ceil(cfg.batch_size);
+    let total_steps = views * steps(train.len()) + val_passes(cfg) * steps(val.len());
     let mut done = 0;
     let pass_started = Instant::now();
     let mut report = |on_event: &mut dyn FnMut(Event)| {
@@ -450,7 +464,7 @@ fn feature_pass(
     // batches an interrupted one finished only when all of it matches.
     let key = serde_json::json!({
         "version": 1, "backbone": cfg.backbone, "variant": spec.variant, "size": r.size,
-        "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "weights": spec.weights,
+        "batch": cfg.batch_size, "seed": cfg.seed, "augment": cfg.augment, "tta": cfg.tta, "weights": spec.weights,
         "train": train_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
         "validation": val_s.iter().map(|s| &s.path).collect::<Vec<_>>(),
     });
@@ -466,15 +480,26 @@ fn feature_pass(
         extract(bb, train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
         train_views.push(rows);
     }
-    let mut val_feats = store.part("validation", val.len(), dim, sync_every)?;
-    reused += val_feats.finished;
-    extract(bb, val, cfg, None, |_, _| report(on_event), &mut val_feats, cancel)?;
+    // Validation: the images, and their mirrors for test-time augmentation.
+    let mut val_views = Vec::with_capacity(2);
+    for (name, a) in [("validation", None), ("validation-mirror", Some((Augment::MIRROR, 0)))].into_iter().take(val_passes(cfg)) {
+        let mut rows = store.part(name, val.len(), dim, sync_every)?;
+        reused += rows.finished;
+        extract(bb, val, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
+        val_views.push(rows);
+    }
     if reused > 0 {
         on_event(Event::Message {
             text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
         });
     }
-    Ok((store, train_views, val_feats))
+    Ok((store, train_views, val_views))
+}
+
+/// Passes over the validation images: the images, and their mirrors with
+/// test-time augmentation.
+fn val_passes(cfg: &TrainConfig) -> usize {
+    if cfg.tta { 2 } else { 1 }
 }
 
 /// Stage 1's best epoch so far: the head's weights and how it did.
@@ -492,7 +517,7 @@ fn head_epochs(
     r: &Run,
     head: &Head,
     (train_labels, val_labels): (&[u32], &[u32]),
-    (train_views, val_feats): (&[FeatureRows], &FeatureRows),
+    (train_views, val_views): (&[FeatureRows], &[FeatureRows]),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Option<HeadBest>, TrainError> {
     let (cfg, dev) = (r.cfg, r.dev);
@@ -519,7 +544,8 @@ fn head_epochs(
             correct += loss::predicted(&logits)?.iter().zip(&labels).filter(|(p, y)| p == y).count();
         }
         let train_m = Metrics { loss: loss_sum / n as f64, accuracy: correct as f64 / n as f64 };
-        let ev = evaluate(&head_logits_rows(head, val_feats, cfg.batch_size, dev)?, val_labels, r.classes.len())?;
+        let per_view = val_views.iter().map(|v| head_logits_rows(head, v, cfg.batch_size, dev)).collect::<Result<Vec<_>, _>>()?;
+        let ev = evaluate(&mean_logits(&per_view)?, val_labels, r.classes.len())?;
         finite(Stage::Frozen, epoch, &train_m, &ev.metrics, cfg.frozen_lr)?;
         let seconds = t0.elapsed().as_secs_f64();
         let (epochs, validation) = (cfg.frozen_epochs, ev.metrics);
