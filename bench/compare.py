@@ -127,7 +127,7 @@ def main():
 
     if not a.skip_recipe:
         recipe = timed(f"tuneserve recipe {a.data}", [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", "{tmp}",
-                                                        "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0"])
+                                                        "--recipe", "notebook", "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0"])
         # Keras with the same algorithm: features of the 3000 photos once (predict), then the head on them.
         keras_recipe = None
         try:

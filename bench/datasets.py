@@ -93,7 +93,7 @@ def rss_mib(pid):
 
 
 def run_train(exe, data, out, args):
-    cmd = [exe, "train", "--data", data, "--out", out, "--variant", args.variant, "--json-events",
+    cmd = [exe, "train", "--data", data, "--out", out, "--variant", args.variant, "--json-events", "--recipe", "notebook",
            "--frozen-epochs", "1", "--finetune-epochs", "1", "--patience", "0",
            "--batch-size", str(args.batch), "--checkpoint-minutes", "0"]
     if args.weights:

@@ -166,7 +166,7 @@ def main():
                     time.sleep(0.1)
             ds = multipart(f"{base}/v1/datasets", "file", "subset.zip", subset_zip(a.data, 50, 25))
             job = http("POST", f"{base}/v1/jobs", {"dataset_id": ds["id"], "hyperparameters": {
-                "frozen_epochs": 1, "finetune_epochs": 0, "patience": 0}})
+                "recipe": "notebook", "frozen_epochs": 1, "finetune_epochs": 0, "patience": 0}})
             done = wait_job(base, job["id"])
             assert done["status"] == "succeeded", done
             log("model published:", done["model_id"])
@@ -185,7 +185,7 @@ def main():
             if a.soak > 0:
                 full = multipart(f"{base}/v1/datasets", "file", "full.zip", subset_zip(a.data, None, None))
                 soak_job = http("POST", f"{base}/v1/jobs", {"dataset_id": full["id"], "hyperparameters": {
-                    "frozen_epochs": 1, "finetune_epochs": 10, "patience": 0}})
+                    "recipe": "notebook", "frozen_epochs": 1, "finetune_epochs": 10, "patience": 0}})
                 # Let the job get into its stride (features, then stage 2) before measuring.
                 t0 = time.time()
                 while time.time() - t0 < 900:

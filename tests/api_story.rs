@@ -42,6 +42,9 @@ async fn story(db: Db) {
     let job = srv.wait_job(&job_id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["stage"], "finetune");
+    // The job shows the recipe it ran and every setting, set or not.
+    let hp = &job["hyperparameters"];
+    assert_eq!((&hp["recipe"], &hp["image_size"], &hp["batch_size"], &hp["tta"]), (&json!("standard"), &json!(71), &json!(8), &json!(false)), "{hp}");
     assert!(job["validation_metrics"]["accuracy"].is_number(), "{job}");
     let model_id = job["model_id"].as_str().unwrap().to_string();
 
@@ -119,6 +122,27 @@ async fn story(db: Db) {
     for x in p["predictions"].as_array().unwrap() {
         check_prediction(x);
     }
+
+    // Test-time mirroring per request: off by default for this model, on
+    // when asked (other logits for these asymmetric images); a bad value is 400.
+    let raw = image_bytes(true, 11, false);
+    let logit = |p: &Value| p["predictions"][0]["logits"][0].as_f64().unwrap();
+    let (s, plain) = srv.post_bytes("/v1/predict", "image/png", raw.clone()).await;
+    assert_eq!((s, &plain["tta"]), (StatusCode::OK, &json!(false)), "{plain}");
+    let (s, mirrored) = srv.post_bytes("/v1/predict?tta=true", "image/png", raw.clone()).await;
+    assert_eq!((s, &mirrored["tta"]), (StatusCode::OK, &json!(true)), "{mirrored}");
+    assert!((logit(&plain) - logit(&mirrored)).abs() > 1e-6, "{plain} {mirrored}");
+    assert_error(&srv.post_bytes("/v1/predict?tta=maybe", "image/png", raw).await, 400, "invalid_query");
+
+    // Recipes: the notebook's fills unset fields with its own values.
+    let (s, nb) = srv.post_json("/v1/jobs", json!({"dataset_id": ds_id, "variant": "tiny", "hyperparameters": {"recipe": "notebook", "frozen_epochs": 1}})).await;
+    assert_eq!(s, StatusCode::CREATED, "{nb}");
+    let hp = &nb["hyperparameters"];
+    assert_eq!((&hp["recipe"], &hp["image_size"], &hp["frozen_epochs"], &hp["finetune_epochs"]), (&json!("notebook"), &json!(150), &json!(1), &json!(10)), "{hp}");
+    let nb_id = nb["id"].as_str().unwrap();
+    let (s, _) = srv.post_json(&format!("/v1/jobs/{nb_id}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    srv.wait_job(nb_id, Duration::from_secs(60)).await;
 
     // Concurrent requests are all answered (and batched together).
     let mut tasks = Vec::new();

@@ -92,7 +92,7 @@ fn real_weights_round_trip(kind: BackboneKind, weights: tuneserve::model::weight
     let dev = Device::Cpu;
     let bb = Backbone::build(kind, Variant::Full, &weights, false, &dev).unwrap();
     let head = Head::init(bb.feature_dim(), 1, 0.0, 7, &dev).unwrap();
-    let size = kind.default_size();
+    let size = kind.notebook_size();
     let imgs = golden_photos(size);
     let x = to_tensor_data(&imgs, kind.scaling());
     let t = Tensor::from_slice(&x, (imgs.len(), size, size, 3), &dev).unwrap();

@@ -65,7 +65,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::env::set_var("TUNESERVE_PROFILE", "1");
     }
     let device: Device = pick_device(args.device)?;
-    let size = args.size.unwrap_or(args.backbone.default_size());
+    let size = args.size.unwrap_or(args.backbone.notebook_size());
     let src: Box<dyn WeightSource> = match &args.weights {
         Some(p) => Box::new(WeightSet::from_file(p)?),
         None => Box::new(SeededInit { seed: 0, device: device.clone() }),

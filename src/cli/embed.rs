@@ -34,7 +34,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let device = pick_device(args.device)?;
     let weights = WeightSet::from_file(&args.weights)?;
     let bb = Backbone::build(args.backbone, Variant::Full, &weights, false, &device)?;
-    let size = args.image_size.unwrap_or(args.backbone.default_size());
+    let size = args.image_size.unwrap_or(args.backbone.notebook_size());
     let limits = DecodeLimits::default();
     let pb = super::progress::bar(args.images.len() as u64, "embed", false);
     let mut failures = super::progress::Failures::default();

@@ -25,7 +25,7 @@ pub enum Variant {
 
 impl BackboneKind {
     /// The Keras notebook's input size (150 for Xception).
-    pub fn default_size(self) -> usize {
+    pub fn notebook_size(self) -> usize {
         match self {
             BackboneKind::Xception => 150,
             BackboneKind::MobilenetV2 => 224,

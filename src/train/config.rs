@@ -31,7 +31,7 @@ impl Recipe {
         let notebook = TrainConfig {
             recipe: Recipe::Notebook,
             backbone,
-            image_size: backbone.default_size(),
+            image_size: backbone.notebook_size(),
             batch_size: 32,
             frozen_epochs: 20,
             frozen_lr: 1e-3,
@@ -49,7 +49,7 @@ impl Recipe {
             Recipe::Standard => TrainConfig {
                 recipe: Recipe::Standard,
                 image_size: backbone.native_size(),
-                finetune_epochs: 2,
+                finetune_epochs: 1,
                 ..notebook
             },
         }
@@ -208,7 +208,7 @@ impl TrainConfig {
     /// The input size the run uses (`image_size`; 0 in old records: the
     /// backbone's notebook size).
     pub fn input_size(&self) -> usize {
-        if self.image_size == 0 { self.backbone.default_size() } else { self.image_size }
+        if self.image_size == 0 { self.backbone.notebook_size() } else { self.image_size }
     }
 }
 
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn overrides_apply_on_top_of_the_chosen_recipe() {
         let standard = TrainSettings::default().resolve();
-        assert_eq!((standard.recipe, standard.image_size, standard.finetune_epochs), (Recipe::Standard, 299, 2));
+        assert_eq!((standard.recipe, standard.image_size, standard.finetune_epochs), (Recipe::Standard, 299, 1));
         let nb = TrainSettings { recipe: Some(Recipe::Notebook), ..Default::default() }.resolve();
         assert_eq!(nb, TrainConfig::notebook());
         assert_eq!((nb.image_size, nb.frozen_epochs, nb.finetune_epochs, nb.tta, nb.augment), (150, 20, 10, false, false));

@@ -53,7 +53,7 @@ const PER_IMAGE_BYTES: u64 = 256;
 pub fn estimate(cfg: &TrainConfig, variant: Variant, images: u64) -> MemoryEstimate {
     let views = if cfg.augment { super::recipe::STAGE1_VIEWS as u64 } else { 1 };
     let (params, per_pixel, feature_dim) = profile(cfg.backbone, variant);
-    let size = if cfg.image_size == 0 { cfg.backbone.default_size() } else { cfg.image_size } as u64;
+    let size = cfg.input_size() as u64;
     let pixels = size * size;
     let model = params * 4 * 6;
     let activations = if cfg.finetune_epochs > 0 {
@@ -115,14 +115,14 @@ mod tests {
 
     #[test]
     fn the_notebook_fits_and_the_extremes_do_not() {
-        let notebook = TrainConfig::default();
+        let notebook = TrainConfig::notebook();
         let e = estimate(&notebook, Variant::Full, 3_000);
         // Measured: ~2.9 GiB peak for stage 2 at batch 32, 150 px.
         assert!(e.total > 2 << 30 && e.total < 5 << 30, "{e:?}");
-        let huge = TrainConfig { image_size: 1024, batch_size: 1024, ..TrainConfig::default() };
+        let huge = TrainConfig { image_size: 1024, batch_size: 1024, ..TrainConfig::notebook() };
         assert!(estimate(&huge, Variant::Full, 3_000).total > 1 << 40);
         // Grows with the batch, the image and the dataset.
-        let b64 = TrainConfig { batch_size: 64, ..TrainConfig::default() };
+        let b64 = TrainConfig { batch_size: 64, ..TrainConfig::notebook() };
         assert!(estimate(&b64, Variant::Full, 3_000).total > e.total);
         assert!(estimate(&notebook, Variant::Full, 30_000).total > e.total);
         assert!(estimate(&notebook, Variant::Tiny, 3_000).total < e.total);
