@@ -5,14 +5,15 @@
     python3 bench/recipes.py --recipe notebook --seeds 0 1 2 3 4 --work runs --ood OOD_DIR
 
 Each seed runs `tuneserve train` with the recipe's defaults (nothing else set) on the seed data, then
-`tuneserve predict` with the published model on every photo under OOD_DIR/cat and OOD_DIR/dog (photos
-from a different source than the training data; they never choose settings). Prints per-seed rows
+`tuneserve predict` with the published model on the photos of bench/ood/photos.tsv under OOD_DIR/cat and
+OOD_DIR/dog (photos from a different source than the training data; they never choose settings). Prints per-seed rows
 and mean ± spread (half the range), wall time per run included, and writes WORK/<recipe>.json.
 Paths default to $TUNESERVE_FIXTURES (../shared).
 """
 
 import argparse
-import glob
+import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -22,13 +23,18 @@ import time
 FX = os.environ.get("TUNESERVE_FIXTURES", "../shared")
 
 
-def ood_photos(root):
+def ood_photos(root, manifest):
+    """The photos listed in `manifest` (bench/ood/photos.tsv), each checked against its SHA-256."""
     photos = []
-    for label in ["cat", "dog"]:
-        found = sorted(p for p in glob.glob(f"{root}/{label}/*") if os.path.isfile(p))
-        if not found:
-            sys.exit(f"no photos under {root}/{label}")
-        photos += [(p, label) for p in found]
+    with open(manifest) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            path = os.path.join(root, row["class"], row["file"])
+            if not os.path.isfile(path):
+                sys.exit(f"missing: {path} (see bench/ood/README.md)")
+            with open(path, "rb") as img:
+                if hashlib.sha256(img.read()).hexdigest() != row["sha256"]:
+                    sys.exit(f"not the listed photo: {path}")
+            photos.append((path, row["class"]))
     return photos
 
 
@@ -60,14 +66,15 @@ def main():
     p.add_argument("--recipe", default="standard")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--work", required=True, help="folder for the runs' outputs")
-    p.add_argument("--ood", help="folder with cat/ and dog/ photos from another source")
+    p.add_argument("--ood", help="folder with cat/ and dog/ photos from another source (bench/ood/README.md)")
+    p.add_argument("--ood-manifest", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "ood", "photos.tsv"))
     p.add_argument("--data", default=os.path.join(FX, "datasets/cats_and_dogs_filtered.zip"))
     p.add_argument("--weights", default=os.path.join(FX, "weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"))
     p.add_argument("--bin", default="target/release/tuneserve")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `tuneserve train` options")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
-    photos = ood_photos(a.ood) if a.ood else []
+    photos = ood_photos(a.ood, a.ood_manifest) if a.ood else []
     rows = []
     for seed in a.seeds:
         out = os.path.join(a.work, f"{a.recipe}-s{seed}")

@@ -204,9 +204,8 @@ fn head_logits_rows(head: &Head, feats: &FeatureRows, batch: usize, dev: &Device
 /// logits).
 fn logits_of(bb: &Backbone, head: &Head, images: &Images, cfg: &TrainConfig, cancel: &AtomicBool) -> Result<Tensor, TrainError> {
     let idx: Vec<usize> = (0..images.len()).collect();
-    let views = [None, Some((Augment::MIRROR, 0))];
     let mut per_view = Vec::with_capacity(2);
-    for aug in views.into_iter().take(val_passes(cfg)) {
+    for &aug in val_views(cfg) {
         let mut parts = Vec::with_capacity(idx.len().div_ceil(cfg.batch_size));
         let make = |chunk: &[usize]| batch_of(images, chunk, cfg, aug, &bb.device);
         loader::prefetch(idx.chunks(cfg.batch_size), PREFETCH, make, |x| {
@@ -452,7 +451,7 @@ fn feature_pass(
     let aug = cfg.augment.then_some(Augment::KERAS_GUIDE);
     let views = if aug.is_some() { STAGE1_VIEWS } else { 1 };
     let steps = |n: usize| n.div_ceil(cfg.batch_size);
-    let total_steps = views * steps(train.len()) + val_passes(cfg) * steps(val.len());
+    let total_steps = views * steps(train.len()) + val_views(cfg).len() * steps(val.len());
     let mut done = 0;
     let pass_started = Instant::now();
     let mut report = |on_event: &mut dyn FnMut(Event)| {
@@ -480,26 +479,26 @@ fn feature_pass(
         extract(bb, train, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
         train_views.push(rows);
     }
-    // Validation: the images, and their mirrors for test-time augmentation.
-    let mut val_views = Vec::with_capacity(2);
-    for (name, a) in [("validation", None), ("validation-mirror", Some((Augment::MIRROR, 0)))].into_iter().take(val_passes(cfg)) {
-        let mut rows = store.part(name, val.len(), dim, sync_every)?;
+    let mut val_rows = Vec::with_capacity(2);
+    for (i, &a) in val_views(cfg).iter().enumerate() {
+        let mut rows = store.part(if i == 0 { "validation" } else { "validation-mirror" }, val.len(), dim, sync_every)?;
         reused += rows.finished;
         extract(bb, val, cfg, a, |_, _| report(on_event), &mut rows, cancel)?;
-        val_views.push(rows);
+        val_rows.push(rows);
     }
     if reused > 0 {
         on_event(Event::Message {
             text: format!("feature pass: reused {reused} of {total_steps} batches from an interrupted attempt"),
         });
     }
-    Ok((store, train_views, val_views))
+    Ok((store, train_views, val_rows))
 }
 
-/// Passes over the validation images: the images, and their mirrors with
-/// test-time augmentation.
-fn val_passes(cfg: &TrainConfig) -> usize {
-    if cfg.tta { 2 } else { 1 }
+/// How each validation image is seen: as it is, and mirrored with
+/// test-time augmentation (the logits' mean is what counts).
+fn val_views(cfg: &TrainConfig) -> &'static [Option<(Augment, u64)>] {
+    const BOTH: [Option<(Augment, u64)>; 2] = [None, Some((Augment::MIRROR, 0))];
+    if cfg.tta { &BOTH } else { &BOTH[..1] }
 }
 
 /// Stage 1's best epoch so far: the head's weights and how it did.
