@@ -102,9 +102,7 @@ impl Predictor {
             }
         }
         let k = rows.first().map_or(0, |r| r.len());
-        let logits = candle_core::Tensor::from_vec(rows.concat(), (images.len(), k), &candle_core::Device::Cpu)?;
-        let probs = loss::probabilities(&logits)?;
-        let rows = logits.to_vec2::<f32>()?;
+        let probs = loss::probabilities(&candle_core::Tensor::from_vec(rows.concat(), (images.len(), k), &candle_core::Device::Cpu)?)?;
         Ok(rows
             .into_iter()
             .zip(probs)

@@ -14,7 +14,6 @@ pub struct Augment {
 /// Whether an image is mirrored left to right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flip {
-    Never,
     /// Half the time.
     Random,
     Always,
@@ -27,7 +26,6 @@ impl Augment {
 
     pub fn apply(&self, img: &[u8], size: usize, rng: &mut impl Rng) -> Vec<u8> {
         let flip = match self.flip {
-            Flip::Never => false,
             Flip::Random => rng.gen_bool(0.5),
             Flip::Always => true,
         };
