@@ -24,6 +24,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 # The Python tools (fixtures, S3 server, export checks, contract check) run in venvs.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# Wheels go straight into the venvs: a pip cache would double their disk use.
+export PIP_NO_CACHE_DIR=1
 if [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -43,6 +45,13 @@ TUNESERVE_TEST_EXPORT_PYTHON="$(scripts/export-python.sh | tail -n1)"
 export TUNESERVE_TEST_EXPORT_PYTHON
 
 mkdir -p target
+# Build first, with the linker's multi-kilobyte command lines cut short so that
+# a failure's reason (printed after them) stays readable in a CI log.
+df -h . | tail -n1 | awk '{print "disk before the build: " $4 " free of " $2}'
+if ! cargo test --release --no-run 2>&1 | cut -c1-400 | tee target/build.log; then
+  df -h . | tail -n1 | awk '{print "disk after the failed build: " $4 " free of " $2}'
+  exit 1
+fi
 cargo test --release 2>&1 | tee target/test.log
 
 # The API contract: schemathesis against a live server holding a dataset, a
