@@ -243,11 +243,11 @@ fn fused_pre_affine_depthwise_matches_cpu() {
         for act in [None, Some(Act::Relu), Some(Act::Relu6)] {
             let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.7).collect();
             let shift: Vec<f32> = (0..c).map(|i| i as f32 * 0.3 - 0.8).collect();
-            let pre = ops::PreAffine { scale, shift, act };
+            let pre = ops::ChannelAffine { scale, shift, act };
             close(
                 &format!("depthwise_fused {act:?} {g:?}"),
-                &ops::depthwise_fused(&x, &k, g, pre.clone()).unwrap(),
-                &ops::depthwise_fused(&xg, &kg, g, pre).unwrap(),
+                &ops::depthwise_fused(&x, &k, g, Some(pre.clone()), None).unwrap(),
+                &ops::depthwise_fused(&xg, &kg, g, Some(pre), None).unwrap(),
                 TOL,
             );
         }

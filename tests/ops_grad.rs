@@ -86,6 +86,53 @@ fn depthwise_matches_candle_grouped_conv() {
     close(g1.get(&kv).unwrap(), g2.get(&kv).unwrap(), 1e-10);
 }
 
+/// The forward at every stride and padding the networks use (and a few they
+/// don't) against a product with im2col's columns, itself checked against
+/// Candle's conv2d and finite differences.
+#[test]
+fn depthwise_matches_im2col_at_any_stride_and_padding() {
+    let cases = [(9, 9, 3, 1, true), (9, 8, 3, 2, true), (10, 10, 3, 2, true), (11, 7, 5, 2, true), (10, 10, 3, 2, false), (12, 13, 5, 3, true), (7, 7, 3, 3, false), (2, 3, 3, 2, true)];
+    for (h, w, k, stride, same) in cases {
+        let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
+        let (c, b) = (3, 2);
+        let x = rand(&[c, b, h, w], 21);
+        let kern = rand(&[c, k * k], 22);
+        let ours = ops::depthwise(&x, &kern, g).unwrap();
+        // cols: (C*K*K, B*oh*ow); channel c's output is its K*K rows weighted by its taps.
+        let cols = ops::im2col(&x, g).unwrap().reshape((c, k * k, b * g.out_h * g.out_w)).unwrap();
+        let reference = kern.unsqueeze(1).unwrap().matmul(&cols).unwrap().reshape((c, b, g.out_h, g.out_w)).unwrap();
+        close(&ours, &reference, 1e-12);
+    }
+}
+
+/// Inference's fused depthwise (BatchNorm + activation on its input, and on
+/// its output) equals the three ops one after another, bit for bit.
+#[test]
+fn fused_depthwise_equals_the_separate_ops() {
+    let affine = |c: usize, seed: u64, act: Option<Act>| {
+        let s = rand(&[c], seed).to_dtype(DType::F32).unwrap();
+        let t = rand(&[c], seed + 1).to_dtype(DType::F32).unwrap();
+        let host = ops::ChannelAffine { scale: s.to_vec1().unwrap(), shift: t.to_vec1().unwrap(), act };
+        (s, t, host)
+    };
+    for (h, w, stride) in [(9, 9, 1), (10, 10, 2), (9, 8, 2)] {
+        let g = Geom::same(h, w, 3, stride);
+        let c = 4;
+        let x = rand(&[c, 2, h, w], 31).to_dtype(DType::F32).unwrap();
+        let kern = rand(&[c, 9], 32).to_dtype(DType::F32).unwrap();
+        let (ps, pt, pre) = affine(c, 33, Some(Act::Relu));
+        let (qs, qt, post) = affine(c, 35, Some(Act::Relu6));
+        let separate = ops::affine_act(&ops::depthwise(&ops::affine_act(&x, &ps, &pt, pre.act).unwrap(), &kern, g).unwrap(), &qs, &qt, post.act).unwrap();
+        let fused = ops::depthwise_fused(&x, &kern, g, Some(pre.clone()), Some(post.clone())).unwrap();
+        let only_post = ops::depthwise_fused(&ops::affine_act(&x, &ps, &pt, pre.act).unwrap(), &kern, g, None, Some(post)).unwrap();
+        for (name, t) in [("pre and post", &fused), ("post only", &only_post)] {
+            let (a, b) = (t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), separate.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert!(a.iter().any(|v| *v != 0.0), "all-zero output proves nothing");
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}, stride {stride}: fused differs from the separate ops");
+        }
+    }
+}
+
 #[test]
 fn im2col_gradients_match_finite_differences() {
     for (h, w, k, stride, same) in [(6, 5, 3, 2, false), (5, 5, 3, 1, true), (9, 9, 1, 2, true)] {

@@ -205,7 +205,8 @@ impl Net {
     fn run(&self, nodes: &[Node], mut x: Tensor, mut tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
         let mut i = 0;
         while i < nodes.len() {
-            // Inference: a BatchNorm/ReLU feeding a depthwise conv is applied inside it.
+            // Inference: a BatchNorm/ReLU feeding a depthwise conv is applied to its
+            // input on the fly, a BatchNorm right after it to its output as written.
             // (CPU tensors only: the fusion reads scale/shift on the host, which on a
             // GPU would stall the stream at every block; there the kernels run apart.)
             if tape.is_none() && x.device().is_cpu() {
@@ -216,12 +217,20 @@ impl Net {
                         continue;
                     }
                 }
-                if let (Some(pre), Some(Node::Depthwise { w: wi, k, stride, pad })) = (self.pre_affine(&nodes[i], x.dim(0)?)?, nodes.get(i + 1)) {
-                    let (_, _, h, w) = dims4(&x)?;
-                    let g = pad.geom(h, w, *k, *stride);
-                    x = timed("fwd depthwise+bn", || ops::depthwise_fused(&x, &self.p(*wi), g, pre))?;
-                    i += 2;
-                    continue;
+                let pre = self.pre_affine(&nodes[i], x.dim(0)?)?;
+                let at = i + usize::from(pre.is_some());
+                if let Some(Node::Depthwise { w: wi, k, stride, pad }) = nodes.get(at) {
+                    let post = match nodes.get(at + 1) {
+                        Some(next) => self.bn_affine(next)?,
+                        None => None,
+                    };
+                    if pre.is_some() || post.is_some() {
+                        let (_, _, h, w) = dims4(&x)?;
+                        let g = pad.geom(h, w, *k, *stride);
+                        i = at + 1 + usize::from(post.is_some());
+                        x = timed("fwd depthwise+bn", || ops::depthwise_fused(&x, &self.p(*wi), g, pre, post))?;
+                        continue;
+                    }
                 }
             }
             let (y, saved) = self.step(&nodes[i], &x, tape.is_some())?;
@@ -237,21 +246,21 @@ impl Net {
     /// The per-channel transform of a BatchNorm or activation node over `c`
     /// channels, for fusing (an activation is the identity affine: x * 1 + 0
     /// is exact, so fusing it changes no bit).
-    fn pre_affine(&self, node: &Node, c: usize) -> Result<Option<ops::PreAffine>> {
+    fn pre_affine(&self, node: &Node, c: usize) -> Result<Option<ops::ChannelAffine>> {
         Ok(match node {
             Node::Act(a) if self.dtype() == DType::F32 => {
-                Some(ops::PreAffine { scale: vec![1.0; c], shift: vec![0.0; c], act: Some(*a) })
+                Some(ops::ChannelAffine { scale: vec![1.0; c], shift: vec![0.0; c], act: Some(*a) })
             }
             _ => self.bn_affine(node)?,
         })
     }
 
     /// A BatchNorm node's transform read on the host (f32 only).
-    fn bn_affine(&self, node: &Node) -> Result<Option<ops::PreAffine>> {
+    fn bn_affine(&self, node: &Node) -> Result<Option<ops::ChannelAffine>> {
         Ok(match node {
             Node::Bn { gamma, beta, mean, var, eps, act } if self.dtype() == DType::F32 => {
                 let (scale, shift, _) = self.bn_scale_shift(*gamma, *beta, *mean, *var, *eps)?;
-                Some(ops::PreAffine { scale: scale.to_vec1()?, shift: shift.to_vec1()?, act: *act })
+                Some(ops::ChannelAffine { scale: scale.to_vec1()?, shift: shift.to_vec1()?, act: *act })
             }
             _ => None,
         })
@@ -259,7 +268,7 @@ impl Net {
 
     /// Nodes that end in a BatchNorm without activation, as (its transform,
     /// the nodes before it).
-    fn split_plain_bn<'a>(&self, nodes: &'a [Node]) -> Result<Option<(ops::PreAffine, &'a [Node])>> {
+    fn split_plain_bn<'a>(&self, nodes: &'a [Node]) -> Result<Option<(ops::ChannelAffine, &'a [Node])>> {
         match nodes.split_last() {
             Some((bn @ Node::Bn { act: None, .. }, body)) => Ok(self.bn_affine(bn)?.map(|a| (a, body))),
             _ => Ok(None),

@@ -10,7 +10,7 @@ use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::act::Act;
-use super::depthwise::PreAffine;
+use super::depthwise::ChannelAffine;
 use super::storage::{build_rows, dispatch, output, par_rows, slice, zeros, CpuElem};
 
 pub fn affine_act(x: &Tensor, scale: &Tensor, shift: &Tensor, a: Option<Act>) -> Result<Tensor> {
@@ -340,7 +340,7 @@ fn input_grad_row<T: CpuElem>(dx: &mut [T], y: &[T], dy: &[T], s: T, a: Option<A
 /// or three (inference on CPU, f32). Same arithmetic, in the same order, as
 /// `affine_act` followed by an add, so the results are bit-identical; it has
 /// no backward because training records the unfused ops.
-pub fn residual_affine_add(x: &Tensor, main: PreAffine, r: &Tensor, shortcut: Option<PreAffine>) -> Result<Tensor> {
+pub fn residual_affine_add(x: &Tensor, main: ChannelAffine, r: &Tensor, shortcut: Option<ChannelAffine>) -> Result<Tensor> {
     if main.act.is_some() || shortcut.as_ref().is_some_and(|s| s.act.is_some()) {
         candle_core::bail!("residual add: the BatchNorms before the add have no activation");
     }
@@ -348,8 +348,8 @@ pub fn residual_affine_add(x: &Tensor, main: PreAffine, r: &Tensor, shortcut: Op
 }
 
 struct ResidualAffineAdd {
-    main: PreAffine,
-    shortcut: Option<PreAffine>,
+    main: ChannelAffine,
+    shortcut: Option<ChannelAffine>,
 }
 
 impl candle_core::CustomOp2 for ResidualAffineAdd {

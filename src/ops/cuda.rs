@@ -230,7 +230,7 @@ pub(crate) fn depthwise_fwd(
     g: &Geom,
     c: usize,
     bsz: usize,
-    pre: Option<&super::PreAffine>,
+    pre: Option<&super::ChannelAffine>,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device();
     let n = c * bsz * g.out_plane();

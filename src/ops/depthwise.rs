@@ -7,28 +7,30 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd::Simd;
 use super::storage::{build_rows, dispatch, output, slice, zeros, CpuElem};
 use super::{Act, Geom};
 
 /// y[c,b] = depthwise(x[c,b], k[c]) for x (C,B,H,W) and k (C, K*K).
 pub fn depthwise(x: &Tensor, k: &Tensor, g: Geom) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&k.contiguous()?, Depthwise { g, pre: None })
+    x.contiguous()?.apply_op2(&k.contiguous()?, Depthwise { g, pre: None, post: None })
 }
 
 /// A per-channel affine + activation read on the host, for inference-time
-/// fusions: applied to the depthwise input on the fly, the BatchNorm (or ReLU)
-/// that precedes a separable convolution costs no pass over memory of its own
-/// (also the BatchNorms that end a residual block, `residual_affine_add`).
+/// fusions: applied to the depthwise input on the fly (or to its output as it
+/// is written), a BatchNorm or ReLU next to a depthwise convolution costs no
+/// pass over memory of its own (also the BatchNorms that end a residual
+/// block, `residual_affine_add`).
 #[derive(Debug, Clone)]
-pub struct PreAffine {
+pub struct ChannelAffine {
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
     pub act: Option<Act>,
 }
 
-/// depthwise(act(x * scale + shift), k), without gradient (inference).
-pub fn depthwise_fused(x: &Tensor, k: &Tensor, g: Geom, pre: PreAffine) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&k.contiguous()?, &Depthwise { g, pre: Some(pre) })
+/// post(depthwise(pre(x), k)), without gradient (inference).
+pub fn depthwise_fused(x: &Tensor, k: &Tensor, g: Geom, pre: Option<ChannelAffine>, post: Option<ChannelAffine>) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(&k.contiguous()?, &Depthwise { g, pre, post })
 }
 
 /// dL/dx for the depthwise convolution, given dL/dy (C,B,Ho,Wo).
@@ -55,34 +57,21 @@ fn check_kernel(l: &Layout, c: usize, g: &Geom) -> Result<()> {
     Ok(())
 }
 
-type Taps = [(usize, usize, usize)];
-
-fn forward_plane<T: CpuElem>(x: &[T], k: &[T], y: &mut [T], g: &Geom, taps: &Taps) {
-    y.fill(T::zero());
-    for oi in 0..g.out_h {
-        let yrow = &mut y[oi * g.out_w..(oi + 1) * g.out_w];
-        for a in 0..g.k {
-            let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
-            let xrow = &x[r * g.in_w..(r + 1) * g.in_w];
-            for b in 0..g.k {
-                let w = k[a * g.k + b];
-                let (lo, hi, x0) = taps[b];
-                if lo >= hi {
-                    continue;
-                }
-                if g.stride == 1 {
-                    for (yv, xv) in yrow[lo..hi].iter_mut().zip(&xrow[x0..x0 + hi - lo]) {
-                        *yv += w * *xv;
-                    }
-                } else {
-                    for (n, yv) in yrow[lo..hi].iter_mut().enumerate() {
-                        *yv += w * xrow[x0 + n * g.stride];
-                    }
-                }
-            }
+/// An affine's per-channel numbers in the op's element type, checked against
+/// the channel count.
+#[allow(clippy::type_complexity)]
+fn host_affine<T: CpuElem>(a: Option<&ChannelAffine>, c: usize) -> Result<Option<(Vec<T>, Vec<T>, Option<Act>)>> {
+    match a {
+        None => Ok(None),
+        Some(p) if p.scale.len() == c && p.shift.len() == c => {
+            let cast = |v: &[f32]| v.iter().map(|x| <T as num_traits::NumCast>::from(*x).unwrap_or(<T as num_traits::Zero>::zero())).collect::<Vec<T>>();
+            Ok(Some((cast(&p.scale), cast(&p.shift), p.act)))
         }
+        Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
     }
 }
+
+type Taps = [(usize, usize, usize)];
 
 fn input_grad_plane<T: CpuElem>(dy: &[T], k: &[T], dx: &mut [T], g: &Geom, taps: &Taps) {
     dx.fill(T::zero());
@@ -135,77 +124,182 @@ fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, taps
 }
 
 
-/// Stride-1 window sum over a zero-padded plane:
-/// dst[i,j] = sum_{a,b} w[a*k+b] * src_padded[i+a, j+b], where `src` (sh x sw)
-/// sits at (pad_top, pad_left) in the padded plane. The plane is copied into
-/// a padded scratch row-major with width wp = out_w + k - 1, so each tap is one
-/// contiguous shifted slice and the inner loop vectorises over whole planes
-/// (Xception's 9x9 middle-flow planes are too small for row-wise loops).
-#[allow(clippy::too_many_arguments)]
-fn window_sum_s1<T: CpuElem>(
-    src: &[T],
-    (sh, sw): (usize, usize),
-    w: &[T],
+/// A per-channel affine + activation as plain numbers, for one plane.
+type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
+
+/// The arguments of one window sum over `planes` consecutive planes that share
+/// a kernel (one channel's planes of several images):
+/// dst[i,j] = post(sum_{a,b} w[a*k+b] * pre(src)_padded[i*s+a, j*s+b]) per
+/// plane, where each (sh x sw) `src` plane sits at (pad_top, pad_left) in its
+/// padded plane.
+///
+/// Each padded plane is split into its s x s polyphase components (rows and
+/// columns by their remainder mod s), row-major with width wq = out_w + (k-1)/s,
+/// and the planes are stacked within each component. Tap (a,b) then reads
+/// component (a%s, b%s) shifted by (a/s, b/s): every tap is one contiguous
+/// slice over all the planes' outputs at once (the rows between planes are
+/// computed and dropped), so the inner loop vectorises at any stride and
+/// small planes (Xception's 9x9 middle flow, MobileNetV2's 5x5 to 20x20) pay
+/// their set-up once per group instead of once per plane.
+struct Window<'a, T> {
+    src: &'a [T],
+    src_dims: (usize, usize),
+    planes: usize,
+    w: &'a [T],
     k: usize,
-    (pad_top, pad_left): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    dst: &mut [T],
-    scratch: &mut Vec<T>,
-    acc: &mut Vec<T>,
-    pre: Option<(T, T, Option<Act>)>,
-) {
-    let wp = out_w + k - 1;
-    pad_into(scratch, src, (sh, sw), (out_h + k - 1, wp), (pad_top, pad_left), k, pre);
-    let n = out_h * wp;
-    acc.clear();
-    acc.resize(n, T::zero());
-    if k == 3 {
-        let sl = |a: usize, b: usize| &scratch[a * wp + b..a * wp + b + n];
-        let (s0, s1, s2, s3, s4, s5, s6, s7, s8) = (sl(0, 0), sl(0, 1), sl(0, 2), sl(1, 0), sl(1, 1), sl(1, 2), sl(2, 0), sl(2, 1), sl(2, 2));
-        let acc = &mut acc[..n];
-        for q in 0..n {
-            acc[q] = s0[q] * w[0] + s1[q] * w[1] + s2[q] * w[2] + s3[q] * w[3] + s4[q] * w[4] + s5[q] * w[5] + s6[q] * w[6] + s7[q] * w[7] + s8[q] * w[8];
+    stride: usize,
+    pads: (usize, usize),
+    out_dims: (usize, usize),
+    affines: (PlaneAffine<T>, PlaneAffine<T>),
+}
+
+impl<T: CpuElem> Window<'_, T> {
+    /// The window sum, compiled for the widest vector unit `simd` allows.
+    fn run(&self, simd: Simd, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+        match simd {
+            // SAFETY: `Simd::detect` returned these levels only after seeing
+            // the CPU's features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.run_avx512(dst, scratch, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.run_avx2(dst, scratch, acc) },
+            _ => self.sum(dst, scratch, acc),
         }
-    } else {
-        for a in 0..k {
-            for b in 0..k {
-                let wt = w[a * k + b];
-                for (o, v) in acc.iter_mut().zip(&scratch[a * wp + b..a * wp + b + n]) {
-                    *o += wt * *v;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+        self.sum(dst, scratch, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    fn run_avx512(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+        self.sum(dst, scratch, acc)
+    }
+
+    #[inline(always)]
+    fn sum(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+        let (k, stride, w) = (self.k, self.stride, self.w);
+        let ((sh, sw), (out_h, out_w)) = (self.src_dims, self.out_dims);
+        let reach = (k - 1) / stride;
+        let (hq, wq) = (out_h + reach, out_w + reach);
+        let plane = hq * wq;
+        let phase = self.planes * plane;
+        // k spare elements at the end keep every tap slice in bounds.
+        scratch.clear();
+        scratch.resize(stride * stride * phase + k, T::zero());
+        for (j, src) in self.src.chunks_exact(sh * sw).take(self.planes).enumerate() {
+            polyphase_into(scratch, j * plane, phase, src, (sh, sw), stride, (hq, wq), self.pads, self.affines.0);
+        }
+        let n = (self.planes - 1) * plane + out_h * wq;
+        acc.clear();
+        acc.resize(n, T::zero());
+        let tap = |a: usize, b: usize| {
+            let at = ((a % stride) * stride + b % stride) * phase + (a / stride) * wq + b / stride;
+            &scratch[at..at + n]
+        };
+        if k == 3 {
+            let (s0, s1, s2, s3, s4, s5, s6, s7, s8) = (tap(0, 0), tap(0, 1), tap(0, 2), tap(1, 0), tap(1, 1), tap(1, 2), tap(2, 0), tap(2, 1), tap(2, 2));
+            let acc = &mut acc[..n];
+            for q in 0..n {
+                acc[q] = s0[q] * w[0] + s1[q] * w[1] + s2[q] * w[2] + s3[q] * w[3] + s4[q] * w[4] + s5[q] * w[5] + s6[q] * w[6] + s7[q] * w[7] + s8[q] * w[8];
+            }
+        } else {
+            for a in 0..k {
+                for b in 0..k {
+                    let wt = w[a * k + b];
+                    for (o, v) in acc.iter_mut().zip(tap(a, b)) {
+                        *o += wt * *v;
+                    }
                 }
             }
         }
-    }
-    for i in 0..out_h {
-        dst[i * out_w..(i + 1) * out_w].copy_from_slice(&acc[i * wp..i * wp + out_w]);
+        for (j, dst) in dst.chunks_exact_mut(out_h * out_w).take(self.planes).enumerate() {
+            for i in 0..out_h {
+                let at = j * plane + i * wq;
+                apply_affine(&mut dst[i * out_w..(i + 1) * out_w], &acc[at..at + out_w], self.affines.1);
+            }
+        }
     }
 }
 
-/// Lays a (sh x sw) plane into a zeroed (hp x wp) buffer at (pad_top, pad_left),
-/// with k spare elements at the end so every shifted tap slice stays in bounds;
-/// `pre` applies a per-channel affine + activation on the way (fused BatchNorm).
-fn pad_into<T: CpuElem>(
-    buf: &mut Vec<T>,
+/// How many of a channel's `b` planes one window sum takes: the largest
+/// divisor of `b` whose planes stay within a few L1-sized buffers.
+fn plane_group(b: usize, plane: usize) -> usize {
+    const ELEMS: usize = 4 * 1024;
+    (1..=b).rev().find(|g| b % g == 0 && g * plane <= ELEMS).unwrap_or(1)
+}
+
+/// d = affine(s), or a copy without one.
+#[inline(always)]
+fn apply_affine<T: CpuElem>(d: &mut [T], s: &[T], affine: PlaneAffine<T>) {
+    match affine {
+        None => d.copy_from_slice(s),
+        Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
+        Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
+    }
+}
+
+/// Lays a (sh x sw) plane, placed at (pad_top, pad_left) in a zero-padded
+/// plane, into the zeroed `buf` as that plane's s x s polyphase components of
+/// (hq x wq) each, component (ra, cb) at `base + (ra*s + cb) * phase` holding
+/// padded[ra + s*r][cb + s*c] (for s = 1, the padded plane itself); `pre`
+/// applies a per-channel affine + activation on the way (fused BatchNorm).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn polyphase_into<T: CpuElem>(
+    buf: &mut [T],
+    base: usize,
+    phase: usize,
     src: &[T],
     (sh, sw): (usize, usize),
-    (hp, wp): (usize, usize),
+    s: usize,
+    (hq, wq): (usize, usize),
     (pad_top, pad_left): (usize, usize),
-    k: usize,
-    pre: Option<(T, T, Option<Act>)>,
+    pre: PlaneAffine<T>,
 ) {
-    buf.clear();
-    buf.resize(hp * wp + k, T::zero());
     for r in 0..sh {
         let pr = r + pad_top;
-        if pr >= hp {
+        if pr / s >= hq {
             break;
         }
-        let n = sw.min(wp.saturating_sub(pad_left));
-        let (d, s) = (&mut buf[pr * wp + pad_left..pr * wp + pad_left + n], &src[r * sw..r * sw + n]);
-        match pre {
-            None => d.copy_from_slice(s),
-            Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
-            Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
+        let row = &src[r * sw..(r + 1) * sw];
+        if s == 1 {
+            let n = sw.min(wq.saturating_sub(pad_left));
+            let at = base + pr * wq + pad_left;
+            apply_affine(&mut buf[at..at + n], &row[..n], pre);
+            continue;
+        }
+        let f = |v: T| match pre {
+            None => v,
+            Some((sc, sh, None)) => v * sc + sh,
+            Some((sc, sh, Some(a))) => a.apply(v * sc + sh),
+        };
+        let row_at = base + (pr % s) * s * phase + (pr / s) * wq;
+        let mut done = 0;
+        if s == 2 {
+            // Column pairs (2t, 2t+1) land at q = t + pad_left/2 in component
+            // pad_left%2 and at q = t + (pad_left+1)/2 in the other one: a
+            // de-interleave, which vectorises.
+            let (qa, qb) = (pad_left / 2, (pad_left + 1) / 2);
+            let pairs = (sw / 2).min(wq.saturating_sub(qb));
+            let ca = pad_left % 2;
+            let (first, second) = buf[row_at..].split_at_mut(phase);
+            let (da, db) = if ca == 0 { (first, second) } else { (second, first) };
+            let (da, db) = (&mut da[qa..qa + pairs], &mut db[qb..qb + pairs]);
+            for ((x, y), pair) in da.iter_mut().zip(db.iter_mut()).zip(row.chunks_exact(2)) {
+                *x = f(pair[0]);
+                *y = f(pair[1]);
+            }
+            done = 2 * pairs;
+        }
+        for (c, v) in row.iter().enumerate().skip(done) {
+            let pc = c + pad_left;
+            if pc / s < wq {
+                buf[row_at + (pc % s) * phase + pc / s] = f(*v);
+            }
         }
     }
 }
@@ -233,7 +327,10 @@ fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
 fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
     let k = g.k;
     let wp = g.out_w + k - 1;
-    pad_into(xs, x, (g.in_h, g.in_w), (g.out_h + k - 1, wp), (g.pad_top, g.pad_left), k, None);
+    let padded = (g.out_h + k - 1) * wp;
+    xs.clear();
+    xs.resize(padded + k, T::zero());
+    polyphase_into(xs, 0, padded, x, (g.in_h, g.in_w), 1, (g.out_h + k - 1, wp), (g.pad_top, g.pad_left), None);
     let n = g.out_h * wp;
     dys.clear();
     dys.resize(n, T::zero());
@@ -249,7 +346,8 @@ fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, x
 
 struct Depthwise {
     g: Geom,
-    pre: Option<PreAffine>,
+    pre: Option<ChannelAffine>,
+    post: Option<ChannelAffine>,
 }
 
 impl CustomOp2 for Depthwise {
@@ -264,33 +362,30 @@ impl CustomOp2 for Depthwise {
         dispatch!(s1, |T| {
             let x = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
-            let taps = g.col_taps();
             let kk = g.k * g.k;
-            let pre: Option<(Vec<T>, Vec<T>, Option<Act>)> = match &self.pre {
-                None => None,
-                Some(p) if p.scale.len() == c && p.shift.len() == c => {
-                    let cast = |v: &[f32]| v.iter().map(|x| <T as num_traits::NumCast>::from(*x).unwrap_or(<T as num_traits::Zero>::zero())).collect::<Vec<T>>();
-                    Some((cast(&p.scale), cast(&p.shift), p.act))
-                }
-                Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
-            };
+            let (pre, post) = (host_affine::<T>(self.pre.as_ref(), c)?, host_affine::<T>(self.post.as_ref(), c)?);
+            let simd = Simd::detect();
+            let at = |a: &Option<(Vec<T>, Vec<T>, Option<Act>)>, ch: usize| a.as_ref().map(|(s, t, a)| (s[ch], t[ch], *a));
+            // One task per group of a channel's planes (they share the kernel and affines).
+            let group = plane_group(b, g.in_plane().max(g.out_plane()));
             let (y, _) = build_rows(
                 c * b * g.out_plane(),
-                g.out_plane(),
+                group * g.out_plane(),
                 || (Vec::new(), Vec::new()),
                 |(sc, acc), p, yp: &mut [T]| {
-                    let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                    let kc = &k[(p / b) * kk..(p / b + 1) * kk];
-                    let pre = pre.as_ref().map(|(s, t, a)| (s[p / b], t[p / b], *a));
-                    if g.stride == 1 {
-                        let dims = ((g.in_h, g.in_w), (g.pad_top, g.pad_left), (g.out_h, g.out_w));
-                        window_sum_s1(xp, dims.0, kc, g.k, dims.1, dims.2, yp, sc, acc, pre);
-                    } else if let Some((s, t, a)) = pre {
-                        let xt: Vec<T> = xp.iter().map(|v| a.map_or(*v * s + t, |a| a.apply(*v * s + t))).collect();
-                        forward_plane(&xt, kc, yp, g, &taps);
-                    } else {
-                        forward_plane(xp, kc, yp, g, &taps);
-                    }
+                    let ch = p * group / b;
+                    let window = Window {
+                        src: &x[p * group * g.in_plane()..(p + 1) * group * g.in_plane()],
+                        src_dims: (g.in_h, g.in_w),
+                        planes: group,
+                        w: &k[ch * kk..(ch + 1) * kk],
+                        k: g.k,
+                        stride: g.stride,
+                        pads: (g.pad_top, g.pad_left),
+                        out_dims: (g.out_h, g.out_w),
+                        affines: (at(&pre, ch), at(&post, ch)),
+                    };
+                    window.run(simd, yp, sc, acc);
                 },
             );
             output(y, (c, b, g.out_h, g.out_w))
@@ -308,6 +403,10 @@ impl CustomOp2 for Depthwise {
         let g = &self.g;
         let (c, b) = planes(l1, g.in_h, g.in_w, "depthwise input")?;
         check_kernel(l2, c, g)?;
+        // The network fuses on the host only (it reads the affines there).
+        if self.post.is_some() {
+            candle_core::bail!("depthwise: an output affine is fused on the CPU only");
+        }
         super::cuda::depthwise_fwd(s1, l1, s2, l2, g, c, b, self.pre.as_ref())
     }
 
@@ -335,6 +434,7 @@ impl CustomOp2 for DepthwiseInputGrad {
             let dy = slice::<T>(s1, l1)?;
             let k = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
+            let simd = Simd::detect();
             let kk = g.k * g.k;
             let (dx, _) = build_rows(
                 c * b * g.in_plane(),
@@ -348,7 +448,18 @@ impl CustomOp2 for DepthwiseInputGrad {
                         flipped.clear();
                         flipped.extend(kc.iter().rev().copied());
                         let pads = (g.k - 1 - g.pad_top, g.k - 1 - g.pad_left);
-                        window_sum_s1(dyp, (g.out_h, g.out_w), flipped, g.k, pads, (g.in_h, g.in_w), dxp, sc, acc, None);
+                        let window = Window {
+                            src: dyp,
+                            src_dims: (g.out_h, g.out_w),
+                            planes: 1,
+                            w: flipped,
+                            k: g.k,
+                            stride: 1,
+                            pads,
+                            out_dims: (g.in_h, g.in_w),
+                            affines: (None, None),
+                        };
+                        window.run(simd, dxp, sc, acc);
                     } else {
                         input_grad_plane(dyp, kc, dxp, g, &taps);
                     }

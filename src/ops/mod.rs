@@ -20,13 +20,14 @@ pub mod depthwise;
 pub mod im2col;
 mod matmul;
 pub mod pool;
+mod simd;
 mod storage;
 
 pub use act::{act, act_grad, Act};
 #[cfg(feature = "cuda")]
 pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
-pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, PreAffine};
+pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, ChannelAffine};
 pub use im2col::{col2im, im2col};
 pub use blas::choose_kernels as choose_blas_kernels;
 pub use matmul::{cpu_backend as matmul_cpu_backend, matmul};

@@ -1,0 +1,65 @@
+//! Which vector unit the CPU kernels compile for, picked at run time.
+//!
+//! The build targets baseline x86-64 (SSE2) so one binary runs anywhere; hot
+//! loops are also compiled with AVX2 or AVX-512 enabled (`#[target_feature]`)
+//! and chosen by the CPU's features. Only the vector width differs between the
+//! versions: Rust never contracts `a * b + c` into a fused multiply-add, so
+//! each lane computes the same operations in the same order and every version
+//! gives the same bits.
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Simd {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+impl Simd {
+    /// The widest level this CPU supports (detected once); the environment
+    /// variable `TUNESERVE_SIMD=baseline|avx2` caps it (for comparisons).
+    pub(crate) fn detect() -> Simd {
+        static LEVEL: OnceLock<Simd> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let cap = match std::env::var("TUNESERVE_SIMD").as_deref() {
+                Ok("baseline") => Simd::Baseline,
+                Ok("avx2") => Simd::Avx2,
+                _ => Simd::Avx512,
+            };
+            Self::supported().min_with(cap)
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn supported() -> Simd {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+            Simd::Avx512
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Simd::Avx2
+        } else {
+            Simd::Baseline
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn supported() -> Simd {
+        Simd::Baseline
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Simd::Baseline => 0,
+            Simd::Avx2 => 1,
+            Simd::Avx512 => 2,
+        }
+    }
+
+    fn min_with(self, cap: Simd) -> Simd {
+        if cap.rank() < self.rank() {
+            cap
+        } else {
+            self
+        }
+    }
+}
