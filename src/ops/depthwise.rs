@@ -542,3 +542,35 @@ impl CustomOp2 for DepthwiseKernelGrad {
         super::cuda::depthwise_kernel_grad(s1, l1, s2, l2, g, c, b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The versions for each vector unit this CPU has give the same bits, at
+    /// strides 1 and 2, with and without affines, over grouped planes.
+    #[test]
+    fn every_vector_unit_gives_the_same_bits() {
+        let levels = Simd::all_supported();
+        if std::env::var("CI").is_ok() && cfg!(target_arch = "x86_64") {
+            assert!(levels.contains(&Simd::Avx2), "CI machines have AVX2: this test must compare it with the baseline");
+        }
+        let src: Vec<f32> = (0..4 * 13 * 11).map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.5).collect();
+        let w: Vec<f32> = (0..9).map(|i| i as f32 * 0.37 - 1.2).collect();
+        for (stride, affines) in [(1, (None, None)), (2, (Some((1.3f32, -0.2f32, Some(Act::Relu))), Some((0.7f32, 0.1f32, Some(Act::Relu6)))))] {
+            let g = Geom::same(13, 11, 3, stride);
+            let window = Window { src: &src, src_dims: (13, 11), planes: 4, w: &w, k: 3, stride, pads: (g.pad_top, g.pad_left), out_dims: (g.out_h, g.out_w), affines };
+            let run = |simd| {
+                let mut dst = vec![0f32; 4 * g.out_plane()];
+                window.run(simd, &mut dst, &mut Vec::new(), &mut Vec::new());
+                dst
+            };
+            let baseline = run(Simd::Baseline);
+            assert!(baseline.iter().any(|v| *v != 0.0));
+            for level in &levels {
+                let got = run(*level);
+                assert!(got.iter().zip(&baseline).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} differs from the baseline at stride {stride}");
+            }
+        }
+    }
+}

@@ -47,6 +47,12 @@ impl Simd {
         Simd::Baseline
     }
 
+    /// Every level this CPU can run, narrowest first (for tests that compare them).
+    #[cfg(test)]
+    pub(crate) fn all_supported() -> Vec<Simd> {
+        [Simd::Baseline, Simd::Avx2, Simd::Avx512].into_iter().filter(|s| s.rank() <= Self::supported().rank()).collect()
+    }
+
     fn rank(self) -> u8 {
         match self {
             Simd::Baseline => 0,
