@@ -123,7 +123,6 @@ fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, taps
     }
 }
 
-
 /// A per-channel affine + activation as plain numbers, for one plane.
 type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
 
