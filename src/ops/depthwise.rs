@@ -305,6 +305,7 @@ fn polyphase_into<T: CpuElem>(
 
 /// Dot product with 16 independent partial sums, so it vectorises without
 /// reassociation flags.
+#[inline(always)]
 fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
     let mut lanes = [T::zero(); 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -323,6 +324,7 @@ fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
 
 /// Stride-1 kernel gradient of one plane, accumulated into `dk`:
 /// dk[a,b] += sum_{i,j} dy[i,j] * x_padded[i+a, j+b].
+#[inline(always)]
 fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
     let k = g.k;
     let wp = g.out_w + k - 1;
@@ -339,6 +341,54 @@ fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, x
     for a in 0..k {
         for b in 0..k {
             dk[a * k + b] += dot(&dys[..n], &xs[a * wp + b..a * wp + b + n]);
+        }
+    }
+}
+
+/// One channel's input and output-gradient planes (all images), whose
+/// kernel gradient is the sum over the images.
+struct KernelGradPlanes<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    g: &'a Geom,
+    taps: &'a Taps,
+}
+
+impl<T: CpuElem> KernelGradPlanes<'_, T> {
+    /// Accumulates into `dk`, compiled for the widest vector unit `simd` allows.
+    fn run(&self, simd: Simd, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
+        match simd {
+            // SAFETY: `Simd::detect` returned these levels only after seeing
+            // the CPU's features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.run_avx512(dk, xs, dys) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.run_avx2(dk, xs, dys) },
+            _ => self.sum(dk, xs, dys),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
+        self.sum(dk, xs, dys)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    fn run_avx512(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
+        self.sum(dk, xs, dys)
+    }
+
+    #[inline(always)]
+    fn sum(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
+        let g = self.g;
+        for (xp, dyp) in self.x.chunks_exact(g.in_plane()).zip(self.dy.chunks_exact(g.out_plane())) {
+            if g.stride == 1 {
+                kernel_grad_plane_s1(xp, dyp, dk, g, xs, dys);
+            } else {
+                kernel_grad_plane(xp, dyp, dk, g, self.taps);
+            }
         }
     }
 }
@@ -435,26 +485,28 @@ impl CustomOp2 for DepthwiseInputGrad {
             let taps = g.col_taps();
             let simd = Simd::detect();
             let kk = g.k * g.k;
+            // Stride 1 sums a channel's planes in groups, as the forward does.
+            let group = if g.stride == 1 { plane_group(b, g.in_plane().max(g.out_plane())) } else { 1 };
             let (dx, _) = build_rows(
                 c * b * g.in_plane(),
-                g.in_plane(),
+                group * g.in_plane(),
                 || (Vec::new(), Vec::new(), Vec::new()),
                 |(sc, acc, flipped), p, dxp: &mut [T]| {
-                    let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                    let kc = &k[(p / b) * kk..(p / b + 1) * kk];
+                    let ch = p * group / b;
+                    let dyp = &dy[p * group * g.out_plane()..(p + 1) * group * g.out_plane()];
+                    let kc = &k[ch * kk..(ch + 1) * kk];
                     if g.stride == 1 {
                         // dx is dy correlated with the 180-degree-rotated kernel.
                         flipped.clear();
                         flipped.extend(kc.iter().rev().copied());
-                        let pads = (g.k - 1 - g.pad_top, g.k - 1 - g.pad_left);
                         let window = Window {
                             src: dyp,
                             src_dims: (g.out_h, g.out_w),
-                            planes: 1,
+                            planes: group,
                             w: flipped,
                             k: g.k,
                             stride: 1,
-                            pads,
+                            pads: (g.k - 1 - g.pad_top, g.k - 1 - g.pad_left),
                             out_dims: (g.in_h, g.in_w),
                             affines: (None, None),
                         };
@@ -504,20 +556,18 @@ impl CustomOp2 for DepthwiseKernelGrad {
             let x = slice::<T>(s1, l1)?;
             let dy = slice::<T>(s2, l2)?;
             let taps = g.col_taps();
+            let simd = Simd::detect();
             let mut dk = zeros::<T>(c * kk);
             dk.par_chunks_mut(kk).enumerate().for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(xs, dys), (ch, dkc)| {
-                    for img in 0..b {
-                        let p = ch * b + img;
-                        let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                        let dyp = &dy[p * g.out_plane()..(p + 1) * g.out_plane()];
-                        if g.stride == 1 {
-                            kernel_grad_plane_s1(xp, dyp, dkc, g, xs, dys);
-                        } else {
-                            kernel_grad_plane(xp, dyp, dkc, g, &taps);
-                        }
-                    }
+                    let planes = KernelGradPlanes {
+                        x: &x[ch * b * g.in_plane()..(ch + 1) * b * g.in_plane()],
+                        dy: &dy[ch * b * g.out_plane()..(ch + 1) * b * g.out_plane()],
+                        g,
+                        taps: &taps,
+                    };
+                    planes.run(simd, dkc, xs, dys);
                 },
             );
             output(dk, (c, kk))
@@ -569,6 +619,19 @@ mod tests {
             for level in &levels {
                 let got = run(*level);
                 assert!(got.iter().zip(&baseline).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} differs from the baseline at stride {stride}");
+            }
+            // The kernel gradient over the same planes, with the output as dy.
+            let taps = g.col_taps();
+            let planes = KernelGradPlanes { x: &src, dy: &baseline, g: &g, taps: &taps };
+            let grad = |simd| {
+                let mut dk = vec![0f32; 9];
+                planes.run(simd, &mut dk, &mut Vec::new(), &mut Vec::new());
+                dk
+            };
+            let base_dk = grad(Simd::Baseline);
+            assert!(base_dk.iter().any(|v| *v != 0.0));
+            for level in &levels {
+                assert!(grad(*level).iter().zip(&base_dk).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} kernel gradient differs at stride {stride}");
             }
         }
     }
