@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::simd::Simd;
+use super::simd::{simd_versions, Simd};
 use super::storage::{build_rows, dispatch, output, slice, zeros, CpuElem};
 use super::{Act, Geom};
 
@@ -153,30 +153,7 @@ struct Window<'a, T> {
 }
 
 impl<T: CpuElem> Window<'_, T> {
-    /// The window sum, compiled for the widest vector unit `simd` allows.
-    fn run(&self, simd: Simd, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
-        match simd {
-            // SAFETY: `Simd::detect` returned these levels only after seeing
-            // the CPU's features.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { self.run_avx512(dst, scratch, acc) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { self.run_avx2(dst, scratch, acc) },
-            _ => self.sum(dst, scratch, acc),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
-        self.sum(dst, scratch, acc)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    fn run_avx512(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
-        self.sum(dst, scratch, acc)
-    }
+    simd_versions!(sum(dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>));
 
     #[inline(always)]
     fn sum(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
@@ -355,30 +332,8 @@ struct KernelGradPlanes<'a, T> {
 }
 
 impl<T: CpuElem> KernelGradPlanes<'_, T> {
-    /// Accumulates into `dk`, compiled for the widest vector unit `simd` allows.
-    fn run(&self, simd: Simd, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
-        match simd {
-            // SAFETY: `Simd::detect` returned these levels only after seeing
-            // the CPU's features.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { self.run_avx512(dk, xs, dys) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { self.run_avx2(dk, xs, dys) },
-            _ => self.sum(dk, xs, dys),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
-        self.sum(dk, xs, dys)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    fn run_avx512(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
-        self.sum(dk, xs, dys)
-    }
+    // Accumulates into `dk`.
+    simd_versions!(sum(dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>));
 
     #[inline(always)]
     fn sum(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {

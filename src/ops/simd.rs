@@ -70,3 +70,37 @@ impl Simd {
     }
 }
 
+
+/// Inside an `impl`, defines `run(&self, simd, args)`, which calls the method
+/// `body(args)` compiled for the level `simd` names (`body` must be
+/// `#[inline(always)]` so each version gets its own copy; a closure handed to
+/// a `#[target_feature]` function is not vectorised: measured).
+macro_rules! simd_versions {
+    ($body:ident($($arg:ident: $ty:ty),*)) => {
+        /// The kernel, compiled for the widest vector unit `simd` allows.
+        fn run(&self, simd: $crate::ops::simd::Simd, $($arg: $ty),*) {
+            match simd {
+                // SAFETY: `Simd::detect` returns these levels only after
+                // seeing the CPU's features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::ops::simd::Simd::Avx512 => unsafe { self.run_avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::ops::simd::Simd::Avx2 => unsafe { self.run_avx2($($arg),*) },
+                _ => self.$body($($arg),*),
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn run_avx2(&self, $($arg: $ty),*) {
+            self.$body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn run_avx512(&self, $($arg: $ty),*) {
+            self.$body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_versions;
