@@ -217,7 +217,11 @@ impl Net {
                         continue;
                     }
                 }
-                let pre = self.pre_affine(&nodes[i], x.dim(0)?)?;
+                // (Affines are read on the host only where a depthwise follows.)
+                let pre = match nodes.get(i + 1) {
+                    Some(Node::Depthwise { .. }) => self.pre_affine(&nodes[i], x.dim(0)?)?,
+                    _ => None,
+                };
                 let at = i + usize::from(pre.is_some());
                 if let Some(Node::Depthwise { w: wi, k, stride, pad }) = nodes.get(at) {
                     let post = match nodes.get(at + 1) {
