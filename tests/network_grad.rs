@@ -36,10 +36,13 @@ fn mobilenet_v2_backward_equals_autograd() {
     compare(BackboneKind::MobilenetV2, 64);
 }
 
-/// Inference fuses BatchNorm/ReLU into the depthwise convolutions and the end
-/// of each residual block into one pass; training records the ops one by one.
-/// Both must give the same features, bit for bit (the fusions keep the
-/// arithmetic and its order).
+/// Inference fuses BatchNorm/ReLU into the depthwise convolutions, the end
+/// of each residual block into one pass, and small-input 1x1 expansions into
+/// the depthwise after them; training records the ops one by one. Both must
+/// give the same features: the fusions keep the arithmetic and its order,
+/// except that the fused expansion computes its product in its own kernel (a
+/// different summation, as between two BLAS kernels), so features agree to
+/// float rounding, not to the bit.
 fn inference_equals_training_forward(kind: BackboneKind, size: usize) {
     let dev = Device::Cpu;
     let bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 11, device: dev.clone() }, false, &dev).unwrap();
@@ -48,18 +51,19 @@ fn inference_equals_training_forward(kind: BackboneKind, size: usize) {
     let (recorded, _) = bb.forward_train(&x).unwrap();
     let recorded = recorded.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(fused.len(), recorded.len());
-    assert!(fused.iter().any(|v| *v != 0.0), "all-zero features prove nothing");
-    for (i, (a, b)) in fused.iter().zip(&recorded).enumerate() {
-        assert_eq!(a.to_bits(), b.to_bits(), "feature {i}: fused {a} vs recorded {b}");
-    }
+    let scale = recorded.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "all-zero features prove nothing");
+    let worst = fused.iter().zip(&recorded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{kind:?}: largest difference {worst:e} of features up to {scale}");
+    assert!(worst <= 2e-6 * scale, "fused and recorded features differ by {worst} (features up to {scale})");
 }
 
 #[test]
-fn xception_inference_fusions_change_no_bit() {
+fn xception_inference_fusions_keep_the_features() {
     inference_equals_training_forward(BackboneKind::Xception, 71);
 }
 
 #[test]
-fn mobilenet_v2_inference_fusions_change_no_bit() {
+fn mobilenet_v2_inference_fusions_keep_the_features() {
     inference_equals_training_forward(BackboneKind::MobilenetV2, 64);
 }

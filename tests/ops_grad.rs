@@ -133,6 +133,37 @@ fn fused_depthwise_equals_the_separate_ops() {
     }
 }
 
+/// Inference's fused 1x1 expansion + BatchNorm + depthwise + BatchNorm
+/// equals the ops one after another (computed in f64), at both strides, with
+/// channel counts that leave a partial block of 8 and planes whose pixel
+/// count is not a multiple of the 16-pixel vector step.
+#[test]
+fn fused_expansion_equals_the_separate_ops() {
+    let affine = |c: usize, seed: u64, act: Option<Act>| {
+        let (s, t) = (rand(&[c], seed), rand(&[c], seed + 1));
+        let host = ops::ChannelAffine { scale: s.to_dtype(DType::F32).unwrap().to_vec1().unwrap(), shift: t.to_dtype(DType::F32).unwrap().to_vec1().unwrap(), act };
+        (s, t, host)
+    };
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    for (kin, m, h, w, k, stride, same) in [(5, 13, 21, 21, 3, 2, true), (16, 24, 20, 20, 3, 1, true), (3, 8, 17, 23, 5, 1, false), (24, 17, 18, 19, 3, 2, true)] {
+        let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
+        let b = 2;
+        let x = rand(&[kin, b, h, w], 41);
+        let wt = rand(&[m, kin], 42);
+        let kern = rand(&[m, k * k], 43);
+        let (ps, pt, pre) = affine(m, 44, Some(Act::Relu6));
+        let (qs, qt, post) = affine(m, 46, Some(Act::Relu6));
+        let expanded = wt.matmul(&x.reshape((kin, b * h * w)).unwrap()).unwrap().reshape((m, b, h, w)).unwrap();
+        let want = ops::affine_act(&ops::depthwise(&ops::affine_act(&expanded, &ps, &pt, pre.act).unwrap(), &kern, g).unwrap(), &qs, &qt, post.act).unwrap();
+        let got = ops::expand_depthwise(&f32s(&x), &f32s(&wt), Some(pre), &f32s(&kern), g, Some(post)).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let (got, want) = (to_vec(&got.to_dtype(DType::F64).unwrap()), to_vec(&want));
+        assert!(want.iter().filter(|v| **v != 0.0).count() > want.len() / 4, "mostly-zero output proves little");
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "({kin}->{m}, {h}x{w}, k{k}, s{stride}): max difference {worst}");
+    }
+}
+
 #[test]
 fn im2col_gradients_match_finite_differences() {
     for (h, w, k, stride, same) in [(6, 5, 3, 2, false), (5, 5, 3, 1, true), (9, 9, 1, 2, true)] {

@@ -43,24 +43,26 @@ pub fn depthwise_kernel_grad(x: &Tensor, dy: &Tensor, g: Geom) -> Result<Tensor>
     x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &DepthwiseKernelGrad { g })
 }
 
-fn planes(l: &Layout, h: usize, w: usize, what: &str) -> Result<(usize, usize)> {
+pub(super) fn planes(l: &Layout, h: usize, w: usize, what: &str) -> Result<(usize, usize)> {
     match l.dims() {
         [c, b, hh, ww] if *hh == h && *ww == w => Ok((*c, *b)),
         d => candle_core::bail!("{what}: expected (C,B,{h},{w}), got {d:?}"),
     }
 }
 
-fn check_kernel(l: &Layout, c: usize, g: &Geom) -> Result<()> {
+pub(super) fn check_kernel(l: &Layout, c: usize, g: &Geom) -> Result<()> {
     if l.dims() != [c, g.k * g.k] {
         candle_core::bail!("depthwise kernel: expected ({c},{}), got {:?}", g.k * g.k, l.dims());
     }
     Ok(())
 }
 
+/// Per-channel scales, shifts and the activation, in the op's element type.
+pub(super) type HostAffine<T> = Option<(Vec<T>, Vec<T>, Option<Act>)>;
+
 /// An affine's per-channel numbers in the op's element type, checked against
 /// the channel count.
-#[allow(clippy::type_complexity)]
-fn host_affine<T: CpuElem>(a: Option<&ChannelAffine>, c: usize) -> Result<Option<(Vec<T>, Vec<T>, Option<Act>)>> {
+pub(super) fn host_affine<T: CpuElem>(a: Option<&ChannelAffine>, c: usize) -> Result<HostAffine<T>> {
     match a {
         None => Ok(None),
         Some(p) if p.scale.len() == c && p.shift.len() == c => {
@@ -69,6 +71,11 @@ fn host_affine<T: CpuElem>(a: Option<&ChannelAffine>, c: usize) -> Result<Option
         }
         Some(_) => candle_core::bail!("depthwise: fused affine does not have {c} channels"),
     }
+}
+
+/// One channel's numbers of a `host_affine`.
+pub(super) fn channel_affine<T: CpuElem>(a: &HostAffine<T>, ch: usize) -> PlaneAffine<T> {
+    a.as_ref().map(|(s, t, act)| (s[ch], t[ch], *act))
 }
 
 type Taps = [(usize, usize, usize)];
@@ -124,7 +131,7 @@ fn kernel_grad_plane<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, taps
 }
 
 /// A per-channel affine + activation as plain numbers, for one plane.
-type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
+pub(super) type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
 
 /// The arguments of one window sum over `planes` consecutive planes that share
 /// a kernel (one channel's planes of several images):
@@ -140,20 +147,20 @@ type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
 /// computed and dropped), so the inner loop vectorises at any stride and
 /// small planes (Xception's 9x9 middle flow, MobileNetV2's 5x5 to 20x20) pay
 /// their set-up once per group instead of once per plane.
-struct Window<'a, T> {
-    src: &'a [T],
-    src_dims: (usize, usize),
-    planes: usize,
-    w: &'a [T],
-    k: usize,
-    stride: usize,
-    pads: (usize, usize),
-    out_dims: (usize, usize),
-    affines: (PlaneAffine<T>, PlaneAffine<T>),
+pub(super) struct Window<'a, T> {
+    pub src: &'a [T],
+    pub src_dims: (usize, usize),
+    pub planes: usize,
+    pub w: &'a [T],
+    pub k: usize,
+    pub stride: usize,
+    pub pads: (usize, usize),
+    pub out_dims: (usize, usize),
+    pub affines: (PlaneAffine<T>, PlaneAffine<T>),
 }
 
 impl<T: CpuElem> Window<'_, T> {
-    simd_versions!(sum(dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>));
+    simd_versions!(pub(super) sum(dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>));
 
     #[inline(always)]
     fn sum(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
@@ -369,7 +376,6 @@ impl CustomOp2 for Depthwise {
             let kk = g.k * g.k;
             let (pre, post) = (host_affine::<T>(self.pre.as_ref(), c)?, host_affine::<T>(self.post.as_ref(), c)?);
             let simd = Simd::detect();
-            let at = |a: &Option<(Vec<T>, Vec<T>, Option<Act>)>, ch: usize| a.as_ref().map(|(s, t, a)| (s[ch], t[ch], *a));
             // One task per group of a channel's planes (they share the kernel and affines).
             let group = plane_group(b, g.in_plane().max(g.out_plane()));
             let (y, _) = build_rows(
@@ -387,7 +393,7 @@ impl CustomOp2 for Depthwise {
                         stride: g.stride,
                         pads: (g.pad_top, g.pad_left),
                         out_dims: (g.out_h, g.out_w),
-                        affines: (at(&pre, ch), at(&post, ch)),
+                        affines: (channel_affine(&pre, ch), channel_affine(&post, ch)),
                     };
                     window.run(simd, yp, sc, acc);
                 },

@@ -17,6 +17,7 @@ pub mod affine;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod depthwise;
+pub mod expand;
 pub mod im2col;
 mod matmul;
 pub mod pool;
@@ -28,6 +29,7 @@ pub use act::{act, act_grad, Act};
 pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, ChannelAffine};
+pub use expand::expand_depthwise;
 pub use im2col::{col2im, im2col};
 pub use blas::choose_kernels as choose_blas_kernels;
 pub use matmul::{cpu_backend as matmul_cpu_backend, matmul};

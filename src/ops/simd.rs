@@ -76,9 +76,9 @@ impl Simd {
 /// `#[inline(always)]` so each version gets its own copy; a closure handed to
 /// a `#[target_feature]` function is not vectorised: measured).
 macro_rules! simd_versions {
-    ($body:ident($($arg:ident: $ty:ty),*)) => {
+    ($vis:vis $body:ident($($arg:ident: $ty:ty),*)) => {
         /// The kernel, compiled for the widest vector unit `simd` allows.
-        fn run(&self, simd: $crate::ops::simd::Simd, $($arg: $ty),*) {
+        $vis fn run(&self, simd: $crate::ops::simd::Simd, $($arg: $ty),*) {
             match simd {
                 // SAFETY: `Simd::detect` returns these levels only after
                 // seeing the CPU's features.
