@@ -262,8 +262,9 @@ impl Net {
         /// (MobileNetV2 at 160 px: 578 img/s with 400, 526 with 100).
         const MIN_PLANE: usize = 20 * 20;
         /// With more input channels the product is compute-bound and BLAS is
-        /// faster (Xception's 128- and 256-channel products: 2.5% slower fused).
-        const MAX_INPUTS: usize = 64;
+        /// faster (Xception at 150 px, whose one such product has 64 inputs:
+        /// 74 img/s fused, 81 not). MobileNetV2's have 16 to 32.
+        const MAX_INPUTS: usize = 32;
         let [Node::Conv { w: we, k: 1, stride: 1, .. }, bn @ Node::Bn { .. }, Node::Depthwise { w: wd, k, stride, pad }, rest @ ..] = nodes else {
             return Ok(None);
         };
