@@ -192,29 +192,33 @@ impl Expansion<'_> {
         self.scalar::<true>(e, p0);
     }
 
-    /// 16 pixels x BLOCK channels per step in 16 (AVX2) registers.
+    /// 16 pixels x half a block of channels per step in 8 (AVX2) registers
+    /// (a whole block would take all 16 and spill: measured slower than BLAS).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(&self, e: &mut [f32]) {
         use std::arch::x86_64::*;
+        const HALF: usize = BLOCK / 2;
         let (x, w, out) = (self.x.as_ptr(), self.w.as_ptr(), e.as_mut_ptr());
         let mut p0 = 0;
         while p0 + 16 <= self.hw {
-            let mut acc = [[_mm256_setzero_ps(); 2]; BLOCK];
-            for c in 0..self.kin {
-                // SAFETY (all pointer reads and writes): within the slices, as `run` asserts.
-                let from = self.at + c * self.channel_stride + p0;
-                let xv = unsafe { [_mm256_loadu_ps(x.add(from)), _mm256_loadu_ps(x.add(from + 8))] };
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let wv = _mm256_set1_ps(unsafe { *w.add(c * BLOCK + j) });
-                    a[0] = _mm256_fmadd_ps(wv, xv[0], a[0]);
-                    a[1] = _mm256_fmadd_ps(wv, xv[1], a[1]);
+            for j0 in (0..self.rows).step_by(HALF) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; HALF];
+                for c in 0..self.kin {
+                    // SAFETY (all pointer reads and writes): within the slices, as `run` asserts.
+                    let from = self.at + c * self.channel_stride + p0;
+                    let xv = unsafe { [_mm256_loadu_ps(x.add(from)), _mm256_loadu_ps(x.add(from + 8))] };
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(unsafe { *w.add(c * BLOCK + j0 + j) });
+                        a[0] = _mm256_fmadd_ps(wv, xv[0], a[0]);
+                        a[1] = _mm256_fmadd_ps(wv, xv[1], a[1]);
+                    }
                 }
-            }
-            for (j, a) in acc.iter().enumerate().take(self.rows) {
-                unsafe {
-                    _mm256_storeu_ps(out.add(j * self.hw + p0), a[0]);
-                    _mm256_storeu_ps(out.add(j * self.hw + p0 + 8), a[1]);
+                for (j, a) in acc.iter().enumerate().take(self.rows - j0) {
+                    unsafe {
+                        _mm256_storeu_ps(out.add((j0 + j) * self.hw + p0), a[0]);
+                        _mm256_storeu_ps(out.add((j0 + j) * self.hw + p0 + 8), a[1]);
+                    }
                 }
             }
             p0 += 16;
