@@ -561,11 +561,8 @@ mod tests {
     /// strides 1 and 2, with and without affines, over grouped planes.
     #[test]
     fn every_vector_unit_gives_the_same_bits() {
-        let levels = Simd::all_supported();
-        if std::env::var("CI").is_ok() && cfg!(target_arch = "x86_64") {
-            assert!(levels.contains(&Simd::Avx2), "CI machines have AVX2: this test must compare it with the baseline");
-        }
-        let src: Vec<f32> = (0..4 * 13 * 11).map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.5).collect();
+        let levels = Simd::levels_to_test();
+        let src = Simd::test_values(4 * 13 * 11);
         let w: Vec<f32> = (0..9).map(|i| i as f32 * 0.37 - 1.2).collect();
         for (stride, affines) in [(1, (None, None)), (2, (Some((1.3f32, -0.2f32, Some(Act::Relu))), Some((0.7f32, 0.1f32, Some(Act::Relu6)))))] {
             let g = Geom::same(13, 11, 3, stride);

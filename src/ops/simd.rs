@@ -47,10 +47,21 @@ impl Simd {
         Simd::Baseline
     }
 
-    /// Every level this CPU can run, narrowest first (for tests that compare them).
+    /// Every level this CPU can run, narrowest first, for tests that compare
+    /// them; on CI (whose machines have AVX2) it insists on AVX2 being among them.
     #[cfg(test)]
-    pub(crate) fn all_supported() -> Vec<Simd> {
-        [Simd::Baseline, Simd::Avx2, Simd::Avx512].into_iter().filter(|s| s.rank() <= Self::supported().rank()).collect()
+    pub(crate) fn levels_to_test() -> Vec<Simd> {
+        let levels: Vec<Simd> = [Simd::Baseline, Simd::Avx2, Simd::Avx512].into_iter().filter(|s| s.rank() <= Self::supported().rank()).collect();
+        if std::env::var("CI").is_ok() && cfg!(target_arch = "x86_64") {
+            assert!(levels.contains(&Simd::Avx2), "CI machines have AVX2: the test must exercise it");
+        }
+        levels
+    }
+
+    /// `n` test inputs in [-3.5, 4), varied but reproducible.
+    #[cfg(test)]
+    pub(crate) fn test_values(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.5).collect()
     }
 
     fn rank(self) -> u8 {
