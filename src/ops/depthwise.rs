@@ -148,15 +148,23 @@ pub(super) type PlaneAffine<T> = Option<(T, T, Option<Act>)>;
 /// small planes (Xception's 9x9 middle flow, MobileNetV2's 5x5 to 20x20) pay
 /// their set-up once per group instead of once per plane.
 pub(super) struct Window<'a, T> {
-    pub src: &'a [T],
-    pub src_dims: (usize, usize),
-    pub planes: usize,
-    pub w: &'a [T],
-    pub k: usize,
-    pub stride: usize,
-    pub pads: (usize, usize),
-    pub out_dims: (usize, usize),
-    pub affines: (PlaneAffine<T>, PlaneAffine<T>),
+    src: &'a [T],
+    src_dims: (usize, usize),
+    planes: usize,
+    w: &'a [T],
+    k: usize,
+    stride: usize,
+    pads: (usize, usize),
+    out_dims: (usize, usize),
+    affines: (PlaneAffine<T>, PlaneAffine<T>),
+}
+
+impl<'a, T> Window<'a, T> {
+    /// The forward convolution of `planes` planes of one channel (kernel `w`)
+    /// under `g`, with the input and output affines.
+    pub(super) fn forward(g: &Geom, src: &'a [T], planes: usize, w: &'a [T], affines: (PlaneAffine<T>, PlaneAffine<T>)) -> Self {
+        Window { src, src_dims: (g.in_h, g.in_w), planes, w, k: g.k, stride: g.stride, pads: (g.pad_top, g.pad_left), out_dims: (g.out_h, g.out_w), affines }
+    }
 }
 
 impl<T: CpuElem> Window<'_, T> {
@@ -384,17 +392,8 @@ impl CustomOp2 for Depthwise {
                 || (Vec::new(), Vec::new()),
                 |(sc, acc), p, yp: &mut [T]| {
                     let ch = p * group / b;
-                    let window = Window {
-                        src: &x[p * group * g.in_plane()..(p + 1) * group * g.in_plane()],
-                        src_dims: (g.in_h, g.in_w),
-                        planes: group,
-                        w: &k[ch * kk..(ch + 1) * kk],
-                        k: g.k,
-                        stride: g.stride,
-                        pads: (g.pad_top, g.pad_left),
-                        out_dims: (g.out_h, g.out_w),
-                        affines: (channel_affine(&pre, ch), channel_affine(&post, ch)),
-                    };
+                    let src = &x[p * group * g.in_plane()..(p + 1) * group * g.in_plane()];
+                    let window = Window::forward(g, src, group, &k[ch * kk..(ch + 1) * kk], (channel_affine(&pre, ch), channel_affine(&post, ch)));
                     window.run(simd, yp, sc, acc);
                 },
             );
@@ -566,7 +565,7 @@ mod tests {
         let w: Vec<f32> = (0..9).map(|i| i as f32 * 0.37 - 1.2).collect();
         for (stride, affines) in [(1, (None, None)), (2, (Some((1.3f32, -0.2f32, Some(Act::Relu))), Some((0.7f32, 0.1f32, Some(Act::Relu6)))))] {
             let g = Geom::same(13, 11, 3, stride);
-            let window = Window { src: &src, src_dims: (13, 11), planes: 4, w: &w, k: 3, stride, pads: (g.pad_top, g.pad_left), out_dims: (g.out_h, g.out_w), affines };
+            let window = Window::forward(&g, &src, 4, &w, affines);
             let run = |simd| {
                 let mut dst = vec![0f32; 4 * g.out_plane()];
                 window.run(simd, &mut dst, &mut Vec::new(), &mut Vec::new());

@@ -77,17 +77,7 @@ impl CustomOp3 for ExpandDepthwise {
                 product.run(simd, e);
                 for j in 0..rows {
                     let ch = c0 + j;
-                    let window = Window {
-                        src: &e[j * hw..(j + 1) * hw],
-                        src_dims: (g.in_h, g.in_w),
-                        planes: 1,
-                        w: &k[ch * kk..(ch + 1) * kk],
-                        k: g.k,
-                        stride: g.stride,
-                        pads: (g.pad_top, g.pad_left),
-                        out_dims: (g.out_h, g.out_w),
-                        affines: (channel_affine(&pre, ch), channel_affine(&post, ch)),
-                    };
+                    let window = Window::forward(g, &e[j * hw..(j + 1) * hw], 1, &k[ch * kk..(ch + 1) * kk], (channel_affine(&pre, ch), channel_affine(&post, ch)));
                     // SAFETY: plane (ch, img) belongs to this unit alone (units
                     // cover distinct images x channel blocks) and `y` outlives the loop.
                     let dst = unsafe { out.plane((ch * b + img) * op, op) };
