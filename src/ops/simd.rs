@@ -2,10 +2,12 @@
 //!
 //! The build targets baseline x86-64 (SSE2) so one binary runs anywhere; hot
 //! loops are also compiled with AVX2 or AVX-512 enabled (`#[target_feature]`)
-//! and chosen by the CPU's features. Only the vector width differs between the
-//! versions: Rust never contracts `a * b + c` into a fused multiply-add, so
-//! each lane computes the same operations in the same order and every version
-//! gives the same bits.
+//! and chosen by the CPU's features. In the kernels built with
+//! `simd_versions!` only the vector width differs between the versions: Rust
+//! never contracts `a * b + c` into a fused multiply-add, so each lane computes
+//! the same operations in the same order and every version gives the same
+//! bits. (The fused expansion product, `super::expand`, uses FMA intrinsics
+//! instead, as BLAS does, and runs only where AVX2 exists.)
 
 use std::sync::OnceLock;
 
