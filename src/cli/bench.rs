@@ -70,7 +70,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(p) => Box::new(WeightSet::from_file(p)?),
         None => Box::new(SeededInit { seed: 0, device: device.clone() }),
     };
-    let bb = Backbone::build(args.backbone, Variant::Full, src.as_ref(), true, &device)?;
+    // Inference workloads run the network frozen, as /predict does.
+    let trainable = args.workload == Workload::Stage2;
+    let bb = Backbone::build(args.backbone, Variant::Full, src.as_ref(), trainable, &device)?;
     let batch = if args.workload == Workload::Latency { 1 } else { args.batch };
     let x = Tensor::randn(0f32, 1.0, (batch, size, size, 3), &device)?;
     // Training batches come in the network's own (C,B,H,W) layout.

@@ -111,6 +111,7 @@ impl Backbone {
                 p.var = candle_core::Var::from_tensor(&p.var.as_tensor().to_device(device)?)?;
             }
         }
+        net.pack_frozen_products()?;
         Ok(Self { kind, variant, net, device: device.clone() })
     }
 

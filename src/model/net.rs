@@ -112,6 +112,9 @@ pub struct Net {
     /// hand-written backward). Off, parameters enter ops detached, so no
     /// graph keeps every intermediate tensor alive.
     pub autograd: bool,
+    /// Frozen 1x1 convolution weights packed once for the CPU product kernel,
+    /// by parameter index (empty until `pack_frozen_products`).
+    packed: Vec<Option<ops::packed::PackedWeights>>,
 }
 
 /// Builds `Net`s: registers parameters in order and hands out their indices.
@@ -127,7 +130,7 @@ impl NetBuilder {
     }
 
     pub fn finish(self, nodes: Vec<Node>, feature_dim: usize) -> Net {
-        Net { params: self.params, nodes, feature_dim, autograd: false }
+        Net { params: self.params, nodes, feature_dim, autograd: false, packed: Vec::new() }
     }
 }
 
@@ -136,6 +139,41 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 }
 
 impl Net {
+    /// Packs the weights of every 1x1 convolution that never trains, for
+    /// inference at few pixels per product (batch-1 serving), where BLAS
+    /// would repack them on every call. CPU f32 only, and only where the CPU
+    /// has the vector units the packed kernel needs.
+    pub fn pack_frozen_products(&mut self) -> Result<()> {
+        if self.dtype() != DType::F32 || !ops::packed::worthwhile() {
+            return Ok(());
+        }
+        let mut packed: Vec<Option<ops::packed::PackedWeights>> = (0..self.params.len()).map(|_| None).collect();
+        let mut pending = self.nodes.iter().collect::<Vec<_>>();
+        while let Some(node) = pending.pop() {
+            match node {
+                Node::Conv { w, k: 1, stride: 1, .. } => {
+                    let p = &self.params[*w];
+                    if !p.trainable && p.var.device().is_cpu() {
+                        packed[*w] = Some(ops::packed::PackedWeights::from_tensor(p.var.as_tensor())?);
+                    }
+                }
+                Node::Residual { main, shortcut } => pending.extend(main.iter().chain(shortcut)),
+                _ => {}
+            }
+        }
+        self.packed = packed;
+        Ok(())
+    }
+
+    /// A 1x1 convolution's product of the (C, N) input: with the packed
+    /// weights where they exist and N is small enough for them to win.
+    fn pointwise(&self, wi: usize, x: &Tensor) -> Result<Tensor> {
+        match self.packed.get(wi) {
+            Some(Some(p)) if x.dim(1)? <= ops::packed::MAX_PIXELS => p.apply(x),
+            _ => self.matmul(&self.p(wi), x),
+        }
+    }
+
     /// Products go to BLAS (outside Candle's graph) unless autograd records.
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         if self.autograd {
@@ -338,7 +376,7 @@ impl Net {
                 let wt = self.p(*wi);
                 let o = wt.dim(0)?;
                 let y = if *k == 1 && *stride == 1 {
-                    timed("fwd pointwise matmul", || self.matmul(&wt, &x.reshape((c, b * h * w))?))?
+                    timed("fwd pointwise matmul", || self.pointwise(*wi, &x.reshape((c, b * h * w))?))?
                 } else {
                     let cols = timed("fwd im2col", || ops::im2col(x, g))?;
                     timed("fwd conv matmul", || self.matmul(&wt, &cols))?

@@ -20,6 +20,7 @@ pub mod depthwise;
 pub mod expand;
 pub mod im2col;
 mod matmul;
+pub mod packed;
 pub mod pool;
 mod simd;
 mod storage;
