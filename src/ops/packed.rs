@@ -115,9 +115,9 @@ impl PackedWeights {
             for (b, (xs, ldx, cols)) in tiles.enumerate() {
                 kernel(simd, mr, panel, next.next().unwrap_or(&[]), xs, ldx, k, &mut tile);
                 let p0 = b * mr;
-                for j in 0..orows {
+                for (j, o) in (o0..o0 + orows).enumerate() {
                     // SAFETY: rows o0..o0+orows of the output belong to this panel alone.
-                    let row = unsafe { out.row((o0 + j) * n, n) };
+                    let row = unsafe { out.row(o * n, n) };
                     for (r, v) in row[p0..p0 + cols].iter_mut().enumerate() {
                         *v = tile[r][j];
                     }
