@@ -92,17 +92,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    for _ in 0..args.warmup {
-        step()?;
-    }
-    profile::take();
-    let mut times = Vec::with_capacity(args.iters);
-    let cpu0 = profile::cpu_seconds();
-    for _ in 0..args.iters.max(1) {
-        let t = Instant::now();
-        step()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
+    // The service runs the network on a worker of its rayon pools
+    // (`compute::Pools`), so every op's parallel work starts there without a
+    // hand-off between threads; so does the benchmark.
+    let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("bench-cpu-{i}")).build()?;
+    let (times, cpu0) = pool.install(|| -> anyhow::Result<_> {
+        for _ in 0..args.warmup {
+            step()?;
+        }
+        profile::take();
+        let mut times = Vec::with_capacity(args.iters);
+        let cpu0 = profile::cpu_seconds();
+        for _ in 0..args.iters.max(1) {
+            let t = Instant::now();
+            step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok((times, cpu0))
+    })?;
     let cpu = (profile::cpu_seconds() - cpu0) / args.iters.max(1) as f64;
     let med = median(times);
     let workload = match args.workload {
