@@ -112,7 +112,7 @@ pub struct Net {
     /// hand-written backward). Off, parameters enter ops detached, so no
     /// graph keeps every intermediate tensor alive.
     pub autograd: bool,
-    /// Frozen 1x1 convolution weights packed once for the CPU product kernel,
+    /// Frozen convolution weights packed once for the CPU product kernel,
     /// by parameter index (empty until `pack_frozen_products`).
     packed: Vec<Option<ops::packed::PackedWeights>>,
 }
@@ -139,7 +139,7 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 }
 
 impl Net {
-    /// Packs the weights of every 1x1 convolution that never trains, for
+    /// Packs the weights of every convolution that never trains, for
     /// inference at few pixels per product (batch-1 serving), where BLAS
     /// would repack them on every call. CPU f32 only, and only where the CPU
     /// has the vector units the packed kernel needs.
@@ -151,7 +151,7 @@ impl Net {
         let mut pending = self.nodes.iter().collect::<Vec<_>>();
         while let Some(node) = pending.pop() {
             match node {
-                Node::Conv { w, k: 1, stride: 1, .. } => {
+                Node::Conv { w, .. } => {
                     let p = &self.params[*w];
                     if !p.trainable && p.var.device().is_cpu() {
                         packed[*w] = Some(ops::packed::PackedWeights::from_tensor(p.var.as_tensor())?);
@@ -165,9 +165,9 @@ impl Net {
         Ok(())
     }
 
-    /// A 1x1 convolution's product of the (C, N) input: with the packed
-    /// weights where they exist and N is small enough for them to win.
-    fn pointwise(&self, wi: usize, x: &Tensor) -> Result<Tensor> {
+    /// A convolution's product of the (C*K*K, N) input columns: with the
+    /// packed weights where they exist and N is small enough for them to win.
+    fn conv_product(&self, wi: usize, x: &Tensor) -> Result<Tensor> {
         match self.packed.get(wi) {
             Some(Some(p)) if x.dim(1)? <= ops::packed::MAX_PIXELS => p.apply(x),
             _ => self.matmul(&self.p(wi), x),
@@ -376,10 +376,10 @@ impl Net {
                 let wt = self.p(*wi);
                 let o = wt.dim(0)?;
                 let y = if *k == 1 && *stride == 1 {
-                    timed("fwd pointwise matmul", || self.pointwise(*wi, &x.reshape((c, b * h * w))?))?
+                    timed("fwd pointwise matmul", || self.conv_product(*wi, &x.reshape((c, b * h * w))?))?
                 } else {
                     let cols = timed("fwd im2col", || ops::im2col(x, g))?;
-                    timed("fwd conv matmul", || self.matmul(&wt, &cols))?
+                    timed("fwd conv matmul", || self.conv_product(*wi, &cols))?
                 };
                 let y = y.reshape((o, b, g.out_h, g.out_w))?;
                 (y, record.then(|| Saved::Conv { x: x.clone(), g }))
