@@ -270,9 +270,18 @@ mod tests {
         let w = Simd::test_values(m * k);
         let x: Vec<f32> = Simd::test_values(k * n + 5)[5..].to_vec();
         let packed = PackedWeights::pack(&w, m, k);
+        let mut vector_bits: Option<Vec<f32>> = None;
         for level in Simd::levels_to_test() {
             let mut out = vec![f32::NAN; m * n];
             packed.matmul(level, &x, n, &mut out);
+            // The vector kernels differ in tile shape only: each output is the
+            // same chain of fused multiply-adds over k.
+            if level != Simd::Baseline {
+                match &vector_bits {
+                    Some(bits) => assert!(bits.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} differs in bits"),
+                    None => vector_bits = Some(out.clone()),
+                }
+            }
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|c| w[i * k + c] as f64 * x[c * n + j] as f64).sum();
