@@ -166,10 +166,11 @@ impl Net {
     }
 
     /// A convolution's product of the (C*K*K, N) input columns: with the
-    /// packed weights where they exist and N is small enough for them to win.
+    /// packed weights where they exist and N is small enough for them to win
+    /// (never while autograd records: the packed product is outside its graph).
     fn conv_product(&self, wi: usize, x: &Tensor) -> Result<Tensor> {
         match self.packed.get(wi) {
-            Some(Some(p)) if x.dim(1)? <= ops::packed::MAX_PIXELS => p.apply(x),
+            Some(Some(p)) if !self.autograd && x.dim(1)? <= ops::packed::MAX_PIXELS => p.apply(x),
             _ => self.matmul(&self.p(wi), x),
         }
     }
