@@ -38,8 +38,8 @@ const LINES: usize = PANEL / 16;
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// (O, K) weights as panels of 32 output channels: panel p holds, for each
-/// input channel, the 32 weights of its output channels (zero past O).
+/// (O, K) weights as panels of PANEL output channels: panel p holds, for
+/// each input channel, the weights of its PANEL output channels (zero past O).
 pub struct PackedWeights {
     rows: usize,
     depth: usize,
@@ -131,7 +131,8 @@ impl PackedWeights {
 const MAX_TILE: usize = 9;
 
 /// Pixels per tile: as many as leave room in the vector registers for the
-/// accumulators (2 per pixel) and the two weight vectors.
+/// accumulators and the weight vectors (AVX-512: 9 x 3 + 3 of 32 registers;
+/// AVX2, a third of a panel at a time: 6 x 2 + 2 of 16).
 fn tile_pixels(simd: Simd) -> usize {
     match simd {
         Simd::Avx512 => 9,
@@ -140,9 +141,9 @@ fn tile_pixels(simd: Simd) -> usize {
     }
 }
 
-/// tile[r][j] = sum_c panel[c][j] * xs[c * ldx + r] for the tile's pixels r.
+/// tile[r][j] = sum_c panel[c][j] * xs[c * ldx + r] for the tile's pixels r;
+/// meanwhile it asks for `ahead` to be brought into cache.
 #[allow(clippy::too_many_arguments)] // a kernel's operands and their shape
-/// Meanwhile it asks for `ahead` to be brought into cache.
 fn kernel(simd: Simd, mr: usize, panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
     assert!(panel.len() == k * LINES && mr == tile_pixels(simd) && ldx >= mr);
     assert!(k == 0 || xs.len() >= (k - 1) * ldx + mr, "tile reads past the input");
@@ -153,10 +154,12 @@ fn kernel(simd: Simd, mr: usize, panel: &[Line], ahead: &[Line], xs: &[f32], ldx
         Simd::Avx512 => unsafe { kernel_avx512(panel, ahead, xs, ldx, k, tile) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { kernel_avx2(panel, ahead, xs, ldx, k, tile) },
-        _ => kernel_scalar(panel, xs, ldx, k, mr, tile), // (a prefetch would not help here)
+        _ => kernel_scalar(panel, xs, ldx, k, mr, tile),
     }
 }
 
+/// The reference the vector kernels are tested against (without AVX2 the
+/// network does not pack its weights).
 fn kernel_scalar(panel: &[Line], xs: &[f32], ldx: usize, k: usize, mr: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
     for row in tile.iter_mut().take(mr) {
         row.fill(0.0);
