@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::depthwise::{channel_affine, check_kernel, host_affine, planes, ChannelAffine, Window};
 use super::simd::Simd;
-use super::storage::{output, slice};
+use super::storage::{output, slice, DisjointParts};
 use super::Geom;
 
 /// Expanded channels per unit of work: their planes stay in L2.
@@ -64,7 +64,7 @@ impl CustomOp3 for ExpandDepthwise {
         }
         let simd = Simd::detect();
         let mut y = vec![0f32; m * b * op];
-        let out = DisjointPlanes { ptr: y.as_mut_ptr(), len: y.len() };
+        let out = DisjointParts::new(&mut y);
         // Units run image-major, so neighbouring units share the image's input.
         (0..b * blocks).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
@@ -80,33 +80,12 @@ impl CustomOp3 for ExpandDepthwise {
                     let window = Window::forward(g, &e[j * hw..(j + 1) * hw], 1, &k[ch * kk..(ch + 1) * kk], (channel_affine(&pre, ch), channel_affine(&post, ch)));
                     // SAFETY: plane (ch, img) belongs to this unit alone (units
                     // cover distinct images x channel blocks) and `y` outlives the loop.
-                    let dst = unsafe { out.plane((ch * b + img) * op, op) };
+                    let dst = unsafe { out.part((ch * b + img) * op, op) };
                     window.run(simd, dst, sc, acc);
                 }
             },
         );
         output(y, (m, b, g.out_h, g.out_w))
-    }
-}
-
-/// The output buffer, written in parallel one (channel, image) plane at a
-/// time; each plane by exactly one unit of work.
-struct DisjointPlanes {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: units write disjoint planes (see `plane`'s callers).
-unsafe impl Sync for DisjointPlanes {}
-
-impl DisjointPlanes {
-    /// # Safety
-    /// No other live slice may overlap `at..at + len`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn plane(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.len, "plane {at}+{len} outside the output ({})", self.len);
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 

@@ -11,7 +11,7 @@ use candle_core::{Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::simd::Simd;
-use super::storage::slice;
+use super::storage::{slice, DisjointParts};
 
 /// Whether this CPU has the vector units the kernels are written for
 /// (without them BLAS is faster).
@@ -100,7 +100,7 @@ impl PackedWeights {
         for (c, d) in last.chunks_exact_mut(mr).enumerate() {
             d[..cols_left].copy_from_slice(&x[c * n + full * mr..(c + 1) * n]);
         }
-        let out = Rows { ptr: out.as_mut_ptr(), len: out.len() };
+        let out = DisjointParts::new(out);
         (0..m.div_ceil(PANEL)).into_par_iter().for_each(|p| {
             let panel = &self.lines[p * k * LINES..(p + 1) * k * LINES];
             let o0 = p * PANEL;
@@ -116,8 +116,8 @@ impl PackedWeights {
                 kernel(simd, mr, panel, next.next().unwrap_or(&[]), xs, ldx, k, &mut tile);
                 let p0 = b * mr;
                 for (j, o) in (o0..o0 + orows).enumerate() {
-                    // SAFETY: rows o0..o0+orows of the output belong to this panel alone.
-                    let row = unsafe { out.row(o * n, n) };
+                    // SAFETY: rows o0..o0+orows belong to this panel alone; `out` outlives the loop.
+                    let row = unsafe { out.part(o * n, n) };
                     for (r, v) in row[p0..p0 + cols].iter_mut().enumerate() {
                         *v = tile[r][j];
                     }
@@ -233,26 +233,6 @@ unsafe fn kernel_avx2(panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k:
                 _mm256_storeu_ps(t.as_mut_ptr().add(part * 16 + 8), a[1]);
             }
         }
-    }
-}
-
-/// The output, written in parallel one panel's rows at a time.
-struct Rows {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: panels write disjoint rows (see `row`'s callers).
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// # Safety
-    /// No other live slice may overlap `at..at + len`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.len, "row {at}+{len} outside the output ({})", self.len);
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 

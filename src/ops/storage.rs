@@ -118,3 +118,31 @@ where
 pub(crate) fn par_rows<T: Elem>(n: usize, row: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
     build_rows(n, row, || (), |_, i, r| f(i, r)).0
 }
+
+/// An output buffer that parallel work writes in disjoint pieces (planes,
+/// rows), each piece by exactly one task, without a lock.
+pub(crate) struct DisjointParts {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint parts (see `part`'s callers).
+unsafe impl Sync for DisjointParts {}
+
+impl DisjointParts {
+    #[inline]
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// # Safety
+    /// No other live slice may overlap `at..at + len`, and the buffer given
+    /// to `new` must outlive the slice.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub(crate) unsafe fn part(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "part {at}+{len} outside the output ({})", self.len);
+        // SAFETY: in bounds (checked above); exclusivity and lifetime are the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+}
