@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use tuneserve::model::{Backbone, BackboneKind, Head, SeededInit, Variant};
+use tuneserve::model::{Backbone, BackboneKind, Head, Precision, SeededInit, Variant};
 use tuneserve::train::{adam::Adam, finetune_step};
 
 struct Args {
@@ -123,7 +123,7 @@ fn main() -> candle_core::Result<()> {
     let dev_name = format!("{:?}{}{}", dev.location(), if a.tf32 { " tf32" } else { "" }, if a.no_events { " no-events" } else { "" });
     eprintln!("device: {dev_name}");
     let t = Instant::now();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &SeededInit { seed: 0, device: dev.clone() }, true, &dev)?;
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &SeededInit { seed: 0, device: dev.clone() }, true, Precision::F32, &dev)?;
     let head = Head::init(bb.feature_dim(), 1, 0.2, 0, &dev)?;
     eprintln!("built Xception in {:.1}s", t.elapsed().as_secs_f64());
     let x = Tensor::rand(0f32, 1.0, (a.batch, a.size, a.size, 3), &dev)?.affine(2.0, -1.0)?;

@@ -5,7 +5,7 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
-use tuneserve::model::{Backbone, BackboneKind, SeededInit, Variant};
+use tuneserve::model::{Backbone, BackboneKind, Precision, SeededInit, Variant};
 use tuneserve::ops::{self, Act, Geom};
 
 fn gpu() -> Option<Device> {
@@ -170,7 +170,7 @@ fn elementwise_ops_match_cpu() {
 /// every gradient of the hand-written backward agree.
 fn network_matches(kind: BackboneKind, size: usize) {
     let Some(dev) = gpu() else { return };
-    let build = |d: &Device| Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: d.clone() }, true, d).unwrap();
+    let build = |d: &Device| Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: d.clone() }, true, Precision::F32, d).unwrap();
     let (cpu, gpu) = (build(&Device::Cpu), build(&dev));
     let x = Tensor::randn(0f32, 1.0, (3, size, size, 3), &Device::Cpu).unwrap();
     // Inference (the CPU fuses BatchNorm into the following depthwise here; the GPU does not).

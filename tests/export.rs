@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{Device, Tensor};
 use tuneserve::data::dataset::DatasetManifest;
 use tuneserve::data::image::{load_path_for_model, to_tensor_data, DecodeLimits, RgbImage};
-use tuneserve::model::{Backbone, BackboneKind, Head, Variant};
+use tuneserve::model::{Backbone, BackboneKind, Head, Precision, Variant};
 use tuneserve::serve::export::{export, ExportFormat};
 use tuneserve::serve::Predictor;
 use tuneserve::train::{self, RunSpec, TrainConfig, WeightsChoice};
@@ -90,7 +90,7 @@ fn golden_photos(size: usize) -> Vec<RgbImage> {
 /// The real pretrained backbone with a seeded head: ONNX and Keras vs tuneserve on the golden photos.
 fn real_weights_round_trip(kind: BackboneKind, weights: tuneserve::model::weights::WeightSet) {
     let dev = Device::Cpu;
-    let bb = Backbone::build(kind, Variant::Full, &weights, false, &dev).unwrap();
+    let bb = Backbone::build(kind, Variant::Full, &weights, false, Precision::F32, &dev).unwrap();
     let head = Head::init(bb.feature_dim(), 1, 0.0, 7, &dev).unwrap();
     let size = kind.notebook_size();
     let imgs = golden_photos(size);

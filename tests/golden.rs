@@ -4,7 +4,7 @@ mod fixtures;
 
 use candle_core::{Device, Tensor};
 use tuneserve::model::net::{Net, Node};
-use tuneserve::model::{Backbone, BackboneKind, Head, Variant};
+use tuneserve::model::{Backbone, BackboneKind, Head, Precision, Variant};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -32,7 +32,7 @@ fn xception_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
     let weights = fixtures::xception_weights();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &weights, false, &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &weights, false, Precision::F32, &dev).unwrap();
     let net = &bb.net;
     let input = &golden["input"];
     // Run node by node to compare the Keras taps.
@@ -64,7 +64,7 @@ fn mobilenet_v2_matches_keras_layer_by_layer() {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(fixtures::fixture("golden/mobilenet_v2_golden.safetensors"), &dev).unwrap();
     let weights = fixtures::mobilenet_v2_weights();
-    let bb = Backbone::build(BackboneKind::MobilenetV2, Variant::Full, &weights, false, &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::MobilenetV2, Variant::Full, &weights, false, Precision::F32, &dev).unwrap();
     let net = &bb.net;
     let input = &golden["input"];
     let mut x = input.permute((3, 0, 1, 2)).unwrap().contiguous().unwrap();
@@ -109,7 +109,7 @@ fn kitchenware_head_on_our_gap_matches_keras_logits() {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
     let head = candle_core::safetensors::load(fixtures::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, Precision::F32, &dev).unwrap();
     let gap = bb.features(&golden["input"]).unwrap();
     let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
     let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();

@@ -2,11 +2,11 @@
 //! same (individually gradient-checked) ops, on the tiny variants.
 
 use candle_core::{Device, Tensor};
-use tuneserve::model::{Backbone, BackboneKind, SeededInit, Variant};
+use tuneserve::model::{Backbone, BackboneKind, Precision, SeededInit, Variant};
 
 fn compare(kind: BackboneKind, size: usize) {
     let dev = Device::Cpu;
-    let mut bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: dev.clone() }, true, &dev).unwrap();
+    let mut bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 7, device: dev.clone() }, true, Precision::F32, &dev).unwrap();
     bb.net.autograd = true;
     let x = Tensor::randn(0f32, 1.0, (2, size, size, 3), &dev).unwrap();
     let (feats, tape) = bb.forward_train(&x).unwrap();
@@ -45,7 +45,7 @@ fn mobilenet_v2_backward_equals_autograd() {
 /// float rounding, not to the bit.
 fn inference_equals_training_forward(kind: BackboneKind, size: usize) {
     let dev = Device::Cpu;
-    let bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 11, device: dev.clone() }, false, &dev).unwrap();
+    let bb = Backbone::build(kind, Variant::Tiny, &SeededInit { seed: 11, device: dev.clone() }, false, Precision::F32, &dev).unwrap();
     let x = Tensor::randn(0f32, 1.0, (3, size, size, 3), &dev).unwrap();
     let fused = bb.features(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (recorded, _) = bb.forward_train(&x).unwrap();

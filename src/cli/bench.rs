@@ -10,7 +10,7 @@ use rand::SeedableRng;
 
 use crate::device::{pick_device, DeviceArg};
 use crate::model::weights::WeightSet;
-use crate::model::{profile, Backbone, BackboneKind, Head, SeededInit, Variant, WeightSource};
+use crate::model::{profile, Backbone, BackboneKind, Head, Precision, SeededInit, Variant, WeightSource};
 use crate::train::adam::Adam;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,10 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Operand format of the frozen products (inference workloads; bf16 runs
+    /// only where the CPU has AVX-512 BF16, and the output says what ran).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
     /// Print where the time goes (per layer kind, CPU seconds).
     #[arg(long)]
     pub profile: bool,
@@ -72,7 +76,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     // Inference workloads run the network frozen, as /predict does.
     let trainable = args.workload == Workload::Stage2;
-    let bb = Backbone::build(args.backbone, Variant::Full, src.as_ref(), trainable, &device)?;
+    let precision = if trainable || !device.is_cpu() { Precision::F32 } else { args.precision.supported() };
+    let bb = Backbone::build(args.backbone, Variant::Full, src.as_ref(), trainable, precision, &device)?;
     let batch = if args.workload == Workload::Latency { 1 } else { args.batch };
     let x = Tensor::randn(0f32, 1.0, (batch, size, size, 3), &device)?;
     // Training batches come in the network's own (C,B,H,W) layout.
@@ -130,6 +135,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "device": format!("{device:?}"),
         "cpu_matmul": crate::ops::matmul_cpu_backend(),
+        "precision": precision,
     });
     if args.workload == Workload::Latency {
         out["latency_ms"] = serde_json::json!(med * 1e3);

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::device::{pick_device, DeviceArg};
 use crate::data::image::{load_path_for_model, to_planar_data, DecodeLimits, RgbImage};
 use crate::model::weights::WeightSet;
-use crate::model::{Backbone, BackboneKind, Variant};
+use crate::model::{Backbone, BackboneKind, Precision, Variant};
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -33,7 +33,7 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let device = pick_device(args.device)?;
     let weights = WeightSet::from_file(&args.weights)?;
-    let bb = Backbone::build(args.backbone, Variant::Full, &weights, false, &device)?;
+    let bb = Backbone::build(args.backbone, Variant::Full, &weights, false, Precision::F32, &device)?;
     let size = args.image_size.unwrap_or(args.backbone.notebook_size());
     let limits = DecodeLimits::default();
     let pb = super::progress::bar(args.images.len() as u64, "embed", false);

@@ -5,6 +5,7 @@ use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::net::{Grads, Net, Saved};
+pub use crate::ops::packed::Precision;
 use crate::data::image::Scaling;
 use super::{mobilenet_v2, xception, WeightSource};
 
@@ -93,7 +94,9 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    pub fn build(kind: BackboneKind, variant: Variant, src: &dyn WeightSource, trainable: bool, device: &Device) -> Result<Self> {
+    /// `precision`: the format of the frozen products' operands (inference;
+    /// trainable weights are always f32).
+    pub fn build(kind: BackboneKind, variant: Variant, src: &dyn WeightSource, trainable: bool, precision: Precision, device: &Device) -> Result<Self> {
         let mut net = match (kind, variant) {
             (BackboneKind::Xception, Variant::Full) => xception::build(&xception::XceptionConfig::keras(), src, trainable)?,
             (BackboneKind::Xception, Variant::Tiny) => xception::build(&xception::XceptionConfig::tiny(), src, trainable)?,
@@ -111,7 +114,7 @@ impl Backbone {
                 p.var = candle_core::Var::from_tensor(&p.var.as_tensor().to_device(device)?)?;
             }
         }
-        net.pack_frozen_products()?;
+        net.pack_frozen_products(precision)?;
         Ok(Self { kind, variant, net, device: device.clone() })
     }
 

@@ -13,7 +13,7 @@ pub mod xception;
 
 use candle_core::{Device, Result, Tensor};
 
-pub use backbone::{Backbone, BackboneKind, Variant};
+pub use backbone::{Backbone, BackboneKind, Precision, Variant};
 pub use head::Head;
 pub use net::ParamLayout;
 

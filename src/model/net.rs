@@ -140,11 +140,13 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 
 impl Net {
     /// Packs the weights of every convolution that never trains, for
-    /// inference at few pixels per product (batch-1 serving), where BLAS
-    /// would repack them on every call. CPU f32 only, and only where the CPU
-    /// has the vector units the packed kernel needs.
-    pub fn pack_frozen_products(&mut self) -> Result<()> {
-        if self.dtype() != DType::F32 || !ops::packed::worthwhile() {
+    /// inference: in f32 for products at few pixels (batch-1 serving), where
+    /// BLAS would repack them on every call; in bf16 (where the CPU has it)
+    /// for every product. CPU f32 networks only, and only where the CPU has
+    /// the vector units the packed kernels need.
+    pub fn pack_frozen_products(&mut self, precision: ops::packed::Precision) -> Result<()> {
+        let precision = precision.supported();
+        if self.dtype() != DType::F32 || (precision == ops::packed::Precision::F32 && !ops::packed::worthwhile()) {
             return Ok(());
         }
         let mut packed: Vec<Option<ops::packed::PackedWeights>> = (0..self.params.len()).map(|_| None).collect();
@@ -153,8 +155,10 @@ impl Net {
             match node {
                 Node::Conv { w, .. } => {
                     let p = &self.params[*w];
+                    let (rows, depth) = p.var.as_tensor().dims2()?;
+                    let precision = if ops::packed::bf16_pays(rows, depth) { precision } else { ops::packed::Precision::F32 };
                     if !p.trainable && p.var.device().is_cpu() {
-                        packed[*w] = Some(ops::packed::PackedWeights::from_tensor(p.var.as_tensor())?);
+                        packed[*w] = Some(ops::packed::PackedWeights::from_tensor(p.var.as_tensor(), precision)?);
                     }
                 }
                 Node::Residual { main, shortcut } => pending.extend(main.iter().chain(shortcut)),
@@ -170,7 +174,7 @@ impl Net {
     /// (never while autograd records: the packed product is outside its graph).
     fn conv_product(&self, wi: usize, x: &Tensor) -> Result<Tensor> {
         match self.packed.get(wi) {
-            Some(Some(p)) if !self.autograd && x.dim(1)? <= ops::packed::MAX_PIXELS => p.apply(x),
+            Some(Some(p)) if !self.autograd && p.wins_at(x.dim(1)?) => p.apply(x),
             _ => self.matmul(&self.p(wi), x),
         }
     }

@@ -32,39 +32,104 @@ const PANEL: usize = 48;
 /// Cache lines per packed weight row.
 const LINES: usize = PANEL / 16;
 
-/// One cache line of floats; panels are built from these so that every
-/// vector load of a weight row is aligned.
+/// Number format of a packed product's operands (the sums are f32 in both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Weights and activations as trained.
+    #[default]
+    F32,
+    /// Weights and activations rounded to bfloat16 (8 significant bits) for
+    /// the products, which then run at twice the rate on CPUs with AVX-512
+    /// BF16; elsewhere the products stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The format this CPU runs: bf16 only where it has the BF16 dot-product
+    /// instruction (emulating it would be slower than f32).
+    pub fn supported(self) -> Precision {
+        match self {
+            Precision::Bf16 if Simd::has_bf16() => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+}
+
+/// Whether bf16 products are faster than f32 for (rows, depth) weights.
+/// Rounding the input costs a pass over it, so bf16 pays where each input
+/// value meets many weights: measured on 2 AVX-512 cores, ms f32 vs bf16,
+/// 728 x 728 weights at 10952 pixels 31.1 vs 19.0, 728 x 256 11.7 vs 8.5,
+/// 256 x 256 at 43808 pixels 18.0 vs 16.1, but 128 x 128 at 175232 pixels
+/// 19.8 vs 37.8 and 128 x 64 12.2 vs 17.6 (those are memory-bound).
+pub fn bf16_pays(rows: usize, depth: usize) -> bool {
+    rows >= 256 && depth >= 128
+}
+
+/// One cache line of 32-bit values (f32, or a pair of bf16); panels are
+/// built from these so that every vector load of a weight row is aligned.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([f32; 16]);
+struct Line<T>([T; 16]);
 
 /// (O, K) weights as panels of PANEL output channels: panel p holds, for
-/// each input channel, the weights of its PANEL output channels (zero past O).
+/// each step along K, the weights of its PANEL output channels (zero past
+/// O). A step is one input channel in f32, two in bf16 (a pair per 32 bits,
+/// as the BF16 dot product takes them).
 pub struct PackedWeights {
     rows: usize,
     depth: usize,
-    lines: Vec<Line>,
+    panels: Panels,
+}
+
+enum Panels {
+    F32(Vec<Line<f32>>),
+    Bf16(Vec<Line<u32>>),
 }
 
 impl PackedWeights {
-    /// Packs row-major (rows, depth) weights.
-    pub fn pack(w: &[f32], rows: usize, depth: usize) -> Self {
+    /// Packs row-major (rows, depth) weights (`Bf16`: rounded to nearest even).
+    pub fn pack(w: &[f32], rows: usize, depth: usize, precision: Precision) -> Self {
         assert_eq!(w.len(), rows * depth, "weights are not {rows} x {depth}");
         let panels = rows.div_ceil(PANEL);
-        let mut lines = vec![Line([0.0; 16]); panels * depth * LINES];
-        for (o, row) in w.chunks_exact(depth.max(1)).enumerate().take(rows) {
-            let (p, j) = (o / PANEL, o % PANEL);
-            for (c, v) in row.iter().enumerate() {
-                lines[(p * depth + c) * LINES + j / 16].0[j % 16] = *v;
+        let steps = steps(precision, depth);
+        let at = |o: usize, step: usize| ((o / PANEL * steps + step) * LINES + o % PANEL / 16, o % 16);
+        let rows_of = || w.chunks_exact(depth.max(1)).enumerate().take(rows);
+        let panels = match precision {
+            Precision::F32 => {
+                let mut lines = vec![Line([0f32; 16]); panels * steps * LINES];
+                for (o, row) in rows_of() {
+                    for (c, v) in row.iter().enumerate() {
+                        let (l, j) = at(o, c);
+                        lines[l].0[j] = *v;
+                    }
+                }
+                Panels::F32(lines)
             }
-        }
-        Self { rows, depth, lines }
+            Precision::Bf16 => {
+                let mut lines = vec![Line([0u32; 16]); panels * steps * LINES];
+                for (o, row) in rows_of() {
+                    for (c, v) in row.iter().enumerate() {
+                        let (l, j) = at(o, c / 2);
+                        lines[l].0[j] |= bf16_bits(*v) << (16 * (c % 2));
+                    }
+                }
+                Panels::Bf16(lines)
+            }
+        };
+        Self { rows, depth, panels }
     }
 
     /// Packs an (O, K) f32 weight tensor.
-    pub fn from_tensor(w: &Tensor) -> Result<Self> {
+    pub fn from_tensor(w: &Tensor, precision: Precision) -> Result<Self> {
         let (rows, depth) = w.dims2()?;
-        Ok(Self::pack(&w.flatten_all()?.to_vec1::<f32>()?, rows, depth))
+        Ok(Self::pack(&w.flatten_all()?.to_vec1::<f32>()?, rows, depth, precision))
+    }
+
+    /// Whether a product over `pixels` columns is faster here than in BLAS
+    /// (f32: up to MAX_PIXELS; bf16 at any size, its kernel has twice the rate).
+    pub fn wins_at(&self, pixels: usize) -> bool {
+        matches!(self.panels, Panels::Bf16(_)) || pixels <= MAX_PIXELS
     }
 
     /// (K, N) f32 CPU input -> (O, N) product.
@@ -83,43 +148,83 @@ impl PackedWeights {
         Tensor::from_vec(out, (self.rows, n), &candle_core::Device::Cpu)
     }
 
-    /// out (rows, n) = W x (depth, n), all row-major; split over the rayon
-    /// pool by panels of output channels.
+    /// out (rows, n) = W x (depth, n), all row-major (in bf16 the input is
+    /// rounded first, as the weights were).
     pub(crate) fn matmul(&self, simd: Simd, x: &[f32], n: usize, out: &mut [f32]) {
-        let (k, m) = (self.depth, self.rows);
+        let k = self.depth;
         assert_eq!(x.len(), k * n, "input is not {k} x {n}");
-        assert_eq!(out.len(), m * n, "output is not {m} x {n}");
+        assert_eq!(out.len(), self.rows * n, "output is not {} x {n}", self.rows);
+        match &self.panels {
+            Panels::F32(lines) => {
+                // Whole tiles are read straight from the input; the last,
+                // partial one is copied out with zero padding first.
+                let mr = tile_pixels(simd);
+                let (full, cols_left) = (n / mr, n % mr);
+                let mut last = vec![0f32; if cols_left > 0 { k * mr } else { 0 }];
+                for (c, d) in last.chunks_exact_mut(mr).enumerate() {
+                    d[..cols_left].copy_from_slice(&x[c * n + full * mr..(c + 1) * n]);
+                }
+                let tile = |b: usize| if b < full { (&x[b * mr..], n) } else { (&last[..], mr) };
+                self.product(lines, k, n, mr, tile, out, |panel, ahead, xs, ldx, tile| kernel(simd, panel, ahead, xs, ldx, tile));
+            }
+            Panels::Bf16(lines) => {
+                let steps = steps(Precision::Bf16, k);
+                let vector = simd == Simd::Avx512 && Simd::has_bf16();
+                let pairs = bf16_tiles(vector, x, k, n);
+                let tile = |b: usize| (&pairs[b * steps * MAX_TILE..(b + 1) * steps * MAX_TILE], MAX_TILE);
+                self.product(lines, steps, n, MAX_TILE, tile, out, |panel, ahead, xs, ldx, tile| {
+                    kernel_bf16(vector, panel, ahead, xs, ldx, tile)
+                });
+            }
+        }
+    }
+
+    /// The product over `steps` packed steps along K, in tiles of `mr`
+    /// pixels: `tile(b)` gives tile b's input (step c of pixel r at
+    /// `c * ldx + r`) and `kernel` multiplies it by a panel. Split over the
+    /// rayon pool by runs of tiles and panels of output channels.
+    #[allow(clippy::too_many_arguments)] // the operands, their shape and the kernel
+    fn product<'a, T: Copy + Sync + 'a>(
+        &self,
+        lines: &[Line<T>],
+        steps: usize,
+        n: usize,
+        mr: usize,
+        tile: impl Fn(usize) -> (&'a [T], usize) + Sync,
+        out: &mut [f32],
+        kernel: impl Fn(&[Line<T>], &[Line<T>], &[T], usize, &mut Tile) + Sync,
+    ) {
+        let m = self.rows;
         if n == 0 || m == 0 {
             return;
         }
-        let mr = tile_pixels(simd);
-        let (full, cols_left) = (n / mr, n % mr);
-        // The kernel reads whole tiles straight from the input; the last,
-        // partial one is copied out with zero padding first.
-        let mut last = vec![0f32; if cols_left > 0 { k * mr } else { 0 }];
-        for (c, d) in last.chunks_exact_mut(mr).enumerate() {
-            d[..cols_left].copy_from_slice(&x[c * n + full * mr..(c + 1) * n]);
-        }
         let out = DisjointParts::new(out);
-        (0..m.div_ceil(PANEL)).into_par_iter().for_each(|p| {
-            let panel = &self.lines[p * k * LINES..(p + 1) * k * LINES];
+        let panel_len = steps * LINES;
+        let (panels, tiles) = (m.div_ceil(PANEL), n.div_ceil(mr));
+        let runs = tiles.div_ceil(RUN_TILES);
+        // Panel-minor order: a worker's consecutive tasks walk the panels, so
+        // the panel after this one is the one to bring into cache.
+        (0..runs * panels).into_par_iter().for_each(|task| {
+            let (run, p) = (task / panels, task % panels);
+            let panel = &lines[p * panel_len..(p + 1) * panel_len];
             let o0 = p * PANEL;
             let orows = PANEL.min(m - o0);
-            let mut tile = [[0f32; PANEL]; MAX_TILE];
+            let run_tiles = run * RUN_TILES..tiles.min((run + 1) * RUN_TILES);
+            let mut acc = [[0f32; PANEL]; MAX_TILE];
             // The next panel is fetched into cache a slice per tile, while this
             // one computes (weights come from memory: a network's do not fit in cache).
-            let next = self.lines.get((p + 1) * k * LINES..(p + 2) * k * LINES).unwrap_or(&[]);
-            let ahead = next.len().div_ceil(full + usize::from(cols_left > 0)).max(1);
-            let mut next = next.chunks(ahead);
-            let tiles = (0..full).map(|b| (&x[b * mr..], n, mr)).chain((cols_left > 0).then_some((&last[..], mr, cols_left)));
-            for (b, (xs, ldx, cols)) in tiles.enumerate() {
-                kernel(simd, mr, panel, next.next().unwrap_or(&[]), xs, ldx, k, &mut tile);
-                let p0 = b * mr;
+            let next = lines.get((p + 1) * panel_len..(p + 2) * panel_len).unwrap_or(&[]);
+            let mut next = next.chunks(next.len().div_ceil(run_tiles.len()).max(1));
+            for b in run_tiles {
+                let (xs, ldx) = tile(b);
+                assert!(ldx >= mr && (steps == 0 || xs.len() >= (steps - 1) * ldx + mr), "tile reads past the input");
+                kernel(panel, next.next().unwrap_or(&[]), xs, ldx, &mut acc);
+                let (p0, cols) = (b * mr, mr.min(n - b * mr));
                 for (j, o) in (o0..o0 + orows).enumerate() {
-                    // SAFETY: rows o0..o0+orows belong to this panel alone; `out` outlives the loop.
-                    let row = unsafe { out.part(o * n, n) };
-                    for (r, v) in row[p0..p0 + cols].iter_mut().enumerate() {
-                        *v = tile[r][j];
+                    // SAFETY: rows o0..o0+orows, columns p0..p0+cols belong to this task alone; `out` outlives the loop.
+                    let row = unsafe { out.part(o * n + p0, cols) };
+                    for (r, v) in row.iter_mut().enumerate() {
+                        *v = acc[r][j];
                     }
                 }
             }
@@ -127,8 +232,103 @@ impl PackedWeights {
     }
 }
 
-/// Most pixels a tile holds (the AVX-512 kernel's).
+/// Tiles per task of a product: enough pixels that a task's work dwarfs
+/// reading its panel of weights, few enough that large products split into
+/// many tasks (batch 1 at Xception's middle flow is 9 tiles: one run).
+const RUN_TILES: usize = 64;
+
+/// Packed steps along K: one per input channel in f32, one per pair in bf16.
+fn steps(precision: Precision, depth: usize) -> usize {
+    match precision {
+        Precision::F32 => depth,
+        Precision::Bf16 => depth.div_ceil(2),
+    }
+}
+
+/// `v` rounded to the nearest bfloat16 (ties to even), as its 16 bits.
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        (b + 0x7fff + ((b >> 16) & 1)) >> 16
+    }
+}
+
+fn bf16_value(bits: u32) -> f32 {
+    f32::from_bits(bits << 16)
+}
+
+/// (k, n) f32 rows -> bf16 pairs in tiles of MAX_TILE pixels, tile-major:
+/// step c of tile b's pixel r at `(b * steps + c) * MAX_TILE + r` holds input
+/// rows 2c and 2c+1, the even one in the low half of the 32 bits (zero past
+/// k and past n). The kernel then reads each tile contiguously. `vector`:
+/// convert with AVX-512 BF16.
+fn bf16_tiles(vector: bool, x: &[f32], k: usize, n: usize) -> Vec<u32> {
+    let steps = k.div_ceil(2);
+    let tile_len = steps * MAX_TILE;
+    let mut tiles = vec![0u32; n.div_ceil(MAX_TILE) * tile_len];
+    // A few tiles at a time: each input row is read 72 pixels at a time, and
+    // the tiles being written stay in L2.
+    const GROUP: usize = 8;
+    tiles.par_chunks_mut(GROUP * tile_len.max(1)).enumerate().for_each(|(group, tiles)| {
+        let p0 = group * GROUP * MAX_TILE;
+        let cols = (GROUP * MAX_TILE).min(n - p0);
+        let mut row = [0u32; GROUP * MAX_TILE];
+        for c in 0..steps {
+            let even = &x[2 * c * n + p0..][..cols];
+            let odd = (2 * c + 1 < k).then(|| &x[(2 * c + 1) * n + p0..][..cols]);
+            bf16_pair_row(vector, even, odd, &mut row[..cols]);
+            for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row[..cols].chunks(MAX_TILE)) {
+                tile[c * MAX_TILE..][..pairs.len()].copy_from_slice(pairs);
+            }
+        }
+    });
+    tiles
+}
+
+/// dst[i] = the bf16 pair (even[i], odd[i]) (odd: zero where absent); with
+/// the CPU's conversion instruction where `vector` (AVX-512 BF16).
+fn bf16_pair_row(vector: bool, even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        // SAFETY: `vector` is set only where `Simd::has_bf16` saw the feature.
+        return unsafe { bf16_pair_row_avx512(even, odd, dst) };
+    }
+    let _ = vector;
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = bf16_bits(even[i]) | odd.map_or(0, |o| bf16_bits(o[i]) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn bf16_pair_row_avx512(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(even.len() >= dst.len() && odd.is_none_or(|o| o.len() >= dst.len()));
+    // Converting (odd, even) gives even's 16 bf16 then odd's; this
+    // interleaves them into pairs.
+    let order: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
+    // SAFETY (all accesses): within the slices, whose lengths are asserted above.
+    let order = unsafe { _mm512_loadu_si512(order.as_ptr() as *const __m512i) };
+    let mut i = 0;
+    while i + 16 <= dst.len() {
+        let e = unsafe { _mm512_loadu_ps(even.as_ptr().add(i)) };
+        let o = odd.map_or(_mm512_setzero_ps(), |o| unsafe { _mm512_loadu_ps(o.as_ptr().add(i)) });
+        let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(o, e));
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut __m512i, _mm512_permutexvar_epi16(order, halves)) };
+        i += 16;
+    }
+    for j in i..dst.len() {
+        dst[j] = bf16_bits(even[j]) | odd.map_or(0, |o| bf16_bits(o[j]) << 16);
+    }
+}
+
+/// Most pixels a tile holds (the AVX-512 kernels').
 const MAX_TILE: usize = 9;
+
+/// A kernel's output: tile[r][j] for pixel r and output channel j of the panel.
+type Tile = [[f32; PANEL]; MAX_TILE];
 
 /// Pixels per tile: as many as leave room in the vector registers for the
 /// accumulators and the weight vectors (AVX-512: 9 x 3 + 3 of 32 registers;
@@ -143,10 +343,9 @@ fn tile_pixels(simd: Simd) -> usize {
 
 /// tile[r][j] = sum_c panel[c][j] * xs[c * ldx + r] for the tile's pixels r;
 /// meanwhile it asks for `ahead` to be brought into cache.
-#[allow(clippy::too_many_arguments)] // a kernel's operands and their shape
-fn kernel(simd: Simd, mr: usize, panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
-    assert!(panel.len() == k * LINES && mr == tile_pixels(simd) && ldx >= mr);
-    assert!(k == 0 || xs.len() >= (k - 1) * ldx + mr, "tile reads past the input");
+fn kernel(simd: Simd, panel: &[Line<f32>], ahead: &[Line<f32>], xs: &[f32], ldx: usize, tile: &mut Tile) {
+    // `product` asserts that the tile's input holds these K rows.
+    let k = panel.len() / LINES;
     match simd {
         // SAFETY: `Simd::detect` returns these levels only after seeing the
         // CPU's features; the lengths the kernels read within are asserted above.
@@ -154,13 +353,13 @@ fn kernel(simd: Simd, mr: usize, panel: &[Line], ahead: &[Line], xs: &[f32], ldx
         Simd::Avx512 => unsafe { kernel_avx512(panel, ahead, xs, ldx, k, tile) },
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { kernel_avx2(panel, ahead, xs, ldx, k, tile) },
-        _ => kernel_scalar(panel, xs, ldx, k, mr, tile),
+        _ => kernel_scalar(panel, xs, ldx, k, tile_pixels(simd), tile),
     }
 }
 
 /// The reference the vector kernels are tested against (without AVX2 the
 /// network does not pack its weights).
-fn kernel_scalar(panel: &[Line], xs: &[f32], ldx: usize, k: usize, mr: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
+fn kernel_scalar(panel: &[Line<f32>], xs: &[f32], ldx: usize, k: usize, mr: usize, tile: &mut Tile) {
     for row in tile.iter_mut().take(mr) {
         row.fill(0.0);
     }
@@ -178,7 +377,7 @@ fn kernel_scalar(panel: &[Line], xs: &[f32], ldx: usize, k: usize, mr: usize, ti
 /// 9 pixels x 48 channels in 27 zmm accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn kernel_avx512(panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
+unsafe fn kernel_avx512(panel: &[Line<f32>], ahead: &[Line<f32>], xs: &[f32], ldx: usize, k: usize, tile: &mut Tile) {
     use std::arch::x86_64::*;
     const MR: usize = 9;
     let (w, x) = (panel.as_ptr() as *const f32, xs.as_ptr());
@@ -207,7 +406,7 @@ unsafe fn kernel_avx512(panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, 
 /// 6 pixels x 16 channels in 12 ymm accumulators, for each third of the panel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k: usize, tile: &mut [[f32; PANEL]; MAX_TILE]) {
+unsafe fn kernel_avx2(panel: &[Line<f32>], ahead: &[Line<f32>], xs: &[f32], ldx: usize, k: usize, tile: &mut Tile) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     let (w, x) = (panel.as_ptr() as *const f32, xs.as_ptr());
@@ -236,6 +435,63 @@ unsafe fn kernel_avx2(panel: &[Line], ahead: &[Line], xs: &[f32], ldx: usize, k:
     }
 }
 
+/// The bf16 product's tile (9 pixels): `vector` where the CPU has AVX-512
+/// BF16, else the scalar reference.
+fn kernel_bf16(vector: bool, panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32], ldx: usize, tile: &mut Tile) {
+    // `product` asserts that the tile's input holds these K/2 rows of pairs.
+    let k2 = panel.len() / LINES;
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        // SAFETY: `vector` is set only where `Simd::has_bf16` saw the feature;
+        // the lengths the kernel reads within are asserted by `product`.
+        return unsafe { kernel_bf16_avx512(panel, ahead, xs, ldx, k2, tile) };
+    }
+    let _ = (vector, ahead);
+    for row in tile.iter_mut() {
+        row.fill(0.0);
+    }
+    for c in 0..k2 {
+        let w = &panel[c * LINES..(c + 1) * LINES];
+        for (r, row) in tile.iter_mut().enumerate() {
+            let xv = xs[c * ldx + r];
+            for (j, t) in row.iter_mut().enumerate() {
+                let wv = w[j / 16].0[j % 16];
+                *t += bf16_value(wv & 0xffff) * bf16_value(xv & 0xffff) + bf16_value(wv >> 16) * bf16_value(xv >> 16);
+            }
+        }
+    }
+}
+
+/// 9 pixels x 48 channels in 27 zmm accumulators, two input channels per
+/// BF16 dot-product instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel_bf16_avx512(panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32], ldx: usize, k2: usize, tile: &mut Tile) {
+    use std::arch::x86_64::*;
+    const MR: usize = 9;
+    let (w, x) = (panel.as_ptr() as *const __m512i, xs.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); LINES]; MR];
+    for c in 0..k2 {
+        for line in ahead.iter().skip(c * LINES).take(LINES) {
+            _mm_prefetch::<_MM_HINT_T1>(line.0.as_ptr() as *const i8);
+        }
+        // SAFETY (all reads): c < k2, within the panel (k2 x PANEL) and the tile's input (`product` asserts).
+        let wv: [__m512bh; LINES] = std::array::from_fn(|l| unsafe { std::mem::transmute(_mm512_load_si512(w.add(c * LINES + l))) });
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(unsafe { *x.add(c * ldx + r) } as i32));
+            for l in 0..LINES {
+                a[l] = _mm512_dpbf16_ps(a[l], wv[l], xv);
+            }
+        }
+    }
+    for (t, a) in tile.iter_mut().zip(&acc) {
+        for (l, v) in a.iter().enumerate() {
+            // SAFETY: each tile row holds PANEL floats.
+            unsafe { _mm512_storeu_ps(t.as_mut_ptr().add(l * 16), *v) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +508,7 @@ mod tests {
     fn check_product(m: usize, k: usize, n: usize) {
         let w = Simd::test_values(m * k);
         let x: Vec<f32> = Simd::test_values(k * n + 5)[5..].to_vec();
-        let packed = PackedWeights::pack(&w, m, k);
+        let packed = PackedWeights::pack(&w, m, k, Precision::F32);
         let mut vector_bits: Option<Vec<f32>> = None;
         for level in Simd::levels_to_test() {
             let mut out = vec![f32::NAN; m * n];
@@ -273,5 +529,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 product equals the f64 product of the rounded operands, on
+    /// the vector unit where the CPU has one and in the scalar reference:
+    /// odd K (a half-empty last pair), several panels, a partial last tile.
+    #[test]
+    fn the_bf16_product_is_the_product_of_the_rounded_operands() {
+        for (m, k, n) in [(100, 19, 33), (7, 6, 4), (50, 1, 10)] {
+            let w = Simd::test_values(m * k);
+            let x: Vec<f32> = Simd::test_values(k * n + 3)[3..].iter().map(|v| v * 1.013).collect();
+            let packed = PackedWeights::pack(&w, m, k, Precision::Bf16);
+            let round = |v: f32| bf16_value(bf16_bits(v)) as f64;
+            for level in [Simd::Baseline, Simd::detect()] {
+                let mut out = vec![f32::NAN; m * n];
+                packed.matmul(level, &x, n, &mut out);
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|c| round(w[i * k + c]) * round(x[c * n + j]));
+                        let (want, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                        let got = out[i * n + j] as f64;
+                        assert!((got - want).abs() <= 1e-6 * size.max(1.0), "{level:?}: ({i},{j}) {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(bf16_value(bf16_bits(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(bf16_value(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(bf16_value(bf16_bits(-2.5)), -2.5);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
     }
 }

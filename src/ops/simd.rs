@@ -33,6 +33,18 @@ impl Simd {
         })
     }
 
+    /// Whether this CPU has AVX-512 BF16 (the bfloat16 dot product), unless
+    /// `TUNESERVE_SIMD` caps the level below AVX-512.
+    pub(crate) fn has_bf16() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static BF16: OnceLock<bool> = OnceLock::new();
+            *BF16.get_or_init(|| Self::detect() == Simd::Avx512 && is_x86_feature_detected!("avx512bf16"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn supported() -> Simd {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {

@@ -32,7 +32,7 @@ impl Predictor {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
         let meta = checkpoint::read_meta(dir)?;
         let t = crate::model::checkpoint::load_tensors(dir, crate::model::checkpoint::MODEL_FILE, device)?;
-        let bb = Backbone::build(meta.backbone, meta.variant, &t, false, device)?;
+        let bb = Backbone::build(meta.backbone, meta.variant, &t, false, meta.config.serving_precision, device)?;
         let get = |n: &str| t.get(n).cloned().ok_or_else(|| TrainError::Checkpoint(format!("checkpoint has no {n}")));
         let head = Head::from_tensors(get("head.kernel")?, get("head.bias")?, 0.0)?;
         if head.classes() != if meta.classes.len() == 2 { 1 } else { meta.classes.len() } {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::BackboneKind;
+use crate::model::{BackboneKind, Precision};
 
 /// A named set of defaults for every setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
@@ -41,6 +41,7 @@ impl Recipe {
             patience: 5,
             augment: false,
             tta: false,
+            serving_precision: Precision::F32,
             validation_split: 0.2,
             seed: 0,
         };
@@ -91,6 +92,10 @@ pub struct TrainConfig {
     /// Test-time augmentation: the mean logit of each image and its mirror,
     /// for validation and (by default) for the published model's predictions.
     pub tta: bool,
+    /// Operand format of the published model's products at /predict:
+    /// `bf16` roughly doubles their speed on CPUs with AVX-512 BF16 (others
+    /// serve in f32) at a small cost in precision; training is always f32.
+    pub serving_precision: Precision,
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub validation_split: f64,
     #[schema(minimum = 0)]
@@ -137,6 +142,9 @@ pub struct TrainSettings {
     pub augment: Option<bool>,
     /// Test-time augmentation (mean logit of the image and its mirror).
     pub tta: Option<bool>,
+    /// `bf16`: serve the published model with bfloat16 products where the
+    /// CPU has AVX-512 BF16 (faster, slightly less precise); default `f32`.
+    pub serving_precision: Option<Precision>,
     /// Fraction held out for validation when the dataset has no validation split, in (0, 1).
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub validation_split: Option<f64>,
@@ -162,6 +170,7 @@ impl TrainSettings {
             patience: self.patience.unwrap_or(base.patience),
             augment: self.augment.unwrap_or(base.augment),
             tta: self.tta.unwrap_or(base.tta),
+            serving_precision: self.serving_precision.unwrap_or(base.serving_precision),
             validation_split: self.validation_split.unwrap_or(base.validation_split),
             seed: self.seed.unwrap_or(base.seed),
         }

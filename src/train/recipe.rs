@@ -29,7 +29,7 @@ use crate::data::image::DecodeLimits;
 use crate::data::cache::{CacheError, PixelCache};
 use crate::data::loader::{self, Images};
 use crate::model::weights::WeightSet;
-use crate::model::{Backbone, Head, SeededInit, Variant, WeightSource};
+use crate::model::{Backbone, Head, Precision, SeededInit, Variant, WeightSource};
 
 /// Augmented views of each training image cached for stage 1.
 pub(crate) const STAGE1_VIEWS: usize = 4;
@@ -401,7 +401,7 @@ fn restore(r: &Run, on_event: &mut dyn FnMut(Event)) -> Result<Start, TrainError
                 ),
                 WeightsChoice::Seeded => Box::new(SeededInit { seed: cfg.seed, device: dev.clone() }),
             };
-            let bb = Backbone::build(cfg.backbone, spec.variant, src.as_ref(), true, dev)?;
+            let bb = Backbone::build(cfg.backbone, spec.variant, src.as_ref(), true, Precision::F32, dev)?;
             let head = Head::init(bb.feature_dim(), k, cfg.dropout, cfg.seed, dev)?;
             (bb, head)
         }
@@ -800,7 +800,7 @@ fn prune(out: &std::path::Path, keep: &[Option<String>]) -> Result<(), TrainErro
 
 /// Rebuilds backbone and head from a checkpoint's tensors.
 pub fn build_from(t: &HashMap<String, Tensor>, cfg: &TrainConfig, variant: Variant, dev: &Device) -> Result<(Backbone, Head), TrainError> {
-    let bb = Backbone::build(cfg.backbone, variant, t, true, dev)?;
+    let bb = Backbone::build(cfg.backbone, variant, t, true, Precision::F32, dev)?;
     let kernel = t.get("head.kernel").ok_or_else(|| TrainError::Checkpoint("checkpoint has no head.kernel".into()))?;
     let bias = t.get("head.bias").ok_or_else(|| TrainError::Checkpoint("checkpoint has no head.bias".into()))?;
     let head = Head::from_tensors(kernel.clone(), bias.clone(), cfg.dropout)?;
