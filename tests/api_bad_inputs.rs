@@ -218,6 +218,9 @@ async fn malformed_json(db: Db) {
     let mut bad = tiny_job(&good, 1, 0);
     bad["hyperparameters"]["batch_size"] = json!(0);
     assert_error(&srv.post_json("/v1/jobs", bad).await, 422, "invalid_hyperparameters");
+    let mut bad = tiny_job(&good, 1, 0);
+    bad["hyperparameters"]["serving_precision"] = json!("fp8");
+    assert_error(&srv.post_json("/v1/jobs", bad).await, 422, "invalid_request");
     assert_error(&srv.post_json("/v1/jobs", json!({"dataset_id": good})).await, 422, "weights_missing");
     srv.assert_alive(Some(&good)).await;
     assert_eq!(srv.get("/v1/jobs").await.1["data"], json!([]));

@@ -44,7 +44,11 @@ async fn story(db: Db) {
     assert_eq!(job["stage"], "finetune");
     // The job shows the recipe it ran and every setting, set or not.
     let hp = &job["hyperparameters"];
-    assert_eq!((&hp["recipe"], &hp["image_size"], &hp["batch_size"], &hp["tta"]), (&json!("standard"), &json!(71), &json!(8), &json!(false)), "{hp}");
+    assert_eq!(
+        (&hp["recipe"], &hp["image_size"], &hp["batch_size"], &hp["tta"], &hp["serving_precision"]),
+        (&json!("standard"), &json!(71), &json!(8), &json!(false), &json!("f32")),
+        "{hp}"
+    );
     assert!(job["validation_metrics"]["accuracy"].is_number(), "{job}");
     let model_id = job["model_id"].as_str().unwrap().to_string();
 

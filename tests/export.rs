@@ -157,7 +157,7 @@ fn exports_of_a_fine_tuned_checkpoint_match_its_predictions() {
     let ckpt = dir.path().join("out").join("finetune-002");
     assert!(ckpt.exists(), "best was {}", summary.best_checkpoint);
 
-    let predictor = Predictor::load(&ckpt, &Device::Cpu).unwrap();
+    let predictor = Predictor::load(&ckpt, &Device::Cpu, None).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
     let imgs: Vec<RgbImage> = (0..6).map(|i| fixtures::synthetic::image_of(i % 3, 71, &mut rng)).collect();
     let logits = |imgs: &[RgbImage], tta: bool| -> Vec<Vec<f32>> {

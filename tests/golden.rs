@@ -165,3 +165,27 @@ fn embed_cli_on_the_photos_matches_keras_gap() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
     }
 }
+
+/// Serving in bf16 (where the CPU has AVX-512 BF16; elsewhere the model
+/// serves f32 and this holds a fortiori): the features stay within bf16's
+/// precision of Keras's, and every photo keeps Keras's class under the
+/// kitchenware head.
+#[test]
+fn xception_bf16_serving_keeps_keras_predictions() {
+    let dev = Device::Cpu;
+    let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
+    let head = candle_core::safetensors::load(fixtures::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, Precision::Bf16, &dev).unwrap();
+    let gap = bb.features(&golden["input"]).unwrap();
+    let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
+    println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", Precision::Bf16.supported());
+    // bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per
+    // product operand); measured 7.3e-3 after the 36 convolutions.
+    assert!(relative <= 2e-2, "bf16 features drift: {relative}");
+    let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
+    let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
+    let ours = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let keras = golden["head_logits"].argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));
+    assert_eq!(ours, keras, "bf16 changed a photo's class");
+}

@@ -65,7 +65,7 @@ fn learns_two_generated_classes_and_predicts() {
     assert_eq!(ep.iter().filter(|e| e.0 == Stage::Frozen).count(), 20);
     assert_eq!(ep.iter().filter(|e| e.0 == Stage::Finetune).count(), 1);
     // The published checkpoint predicts a fresh image of each class.
-    let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
+    let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu, None).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(77);
     let imgs: Vec<_> = (0..2).map(|c| fixtures::synthetic::image_of(c, 71, &mut rng)).collect();
     let preds = p.predict(&imgs, &[false, false]).unwrap();
@@ -97,7 +97,7 @@ fn validation_metrics_match_the_models_predictions_with_and_without_tta() {
         let s = spec(&data, &dir.path().join(name), cfg, false);
         let summary = train::run(s, &mut |_| {}, &AtomicBool::new(false)).unwrap();
         assert_eq!(summary.best_stage, if stage2 > 0 { Stage::Finetune } else { Stage::Frozen }, "{name}");
-        let p = Predictor::load(&dir.path().join(name).join(&summary.best_checkpoint), &Device::Cpu).unwrap();
+        let p = Predictor::load(&dir.path().join(name).join(&summary.best_checkpoint), &Device::Cpu, None).unwrap();
         assert_eq!(p.tta(), tta, "the model remembers its recipe's tta");
         let preds = p.predict(&imgs, &vec![tta; imgs.len()]).unwrap();
         let bce: f64 = preds
@@ -125,7 +125,7 @@ fn three_classes_use_softmax_and_learn() {
     let s = spec(&dir.path().join("data"), &dir.path().join("out"), config(20, 0), false);
     let summary = train::run(s, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert!(summary.validation.accuracy >= 0.9, "validation accuracy {}", summary.validation.accuracy);
-    let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu).unwrap();
+    let p = Predictor::load(&dir.path().join("out").join(&summary.best_checkpoint), &Device::Cpu, None).unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
     let pred = p.predict(&[fixtures::synthetic::image_of(2, 71, &mut rng)], &[false]).unwrap();
     assert_eq!(pred[0].logits.len(), 3);

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::Predictor;
 use crate::model::checkpoint::{self, MODEL_FILE};
+use crate::model::Precision;
 use crate::train::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
@@ -44,8 +45,8 @@ pub fn export(dir: &Path, format: ExportFormat) -> Result<Vec<u8>, TrainError> {
     }
     match format {
         ExportFormat::Safetensors => Ok(std::fs::read(dir.join(MODEL_FILE))?),
-        ExportFormat::Onnx => Predictor::load(dir, &Device::Cpu)?.to_onnx(),
-        ExportFormat::Keras => Predictor::load(dir, &Device::Cpu)?.to_keras(),
-        ExportFormat::KerasWeights => Predictor::load(dir, &Device::Cpu)?.to_keras_weights(),
+        ExportFormat::Onnx => Predictor::load(dir, &Device::Cpu, Some(Precision::F32))?.to_onnx(),
+        ExportFormat::Keras => Predictor::load(dir, &Device::Cpu, Some(Precision::F32))?.to_keras(),
+        ExportFormat::KerasWeights => Predictor::load(dir, &Device::Cpu, Some(Precision::F32))?.to_keras_weights(),
     }
 }

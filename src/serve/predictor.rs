@@ -10,7 +10,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::data::image::{resize_bilinear_pil, to_planar_data};
-use crate::model::{Backbone, Head};
+use crate::model::{Backbone, Head, Precision};
 use crate::train::checkpoint::{self, CheckpointMeta};
 use crate::train::{loss, TrainError};
 
@@ -29,10 +29,12 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+    /// `precision`: the products' format (None: the model's `serving_precision`).
+    pub fn load(dir: &Path, device: &Device, precision: Option<Precision>) -> Result<Self, TrainError> {
         let meta = checkpoint::read_meta(dir)?;
         let t = crate::model::checkpoint::load_tensors(dir, crate::model::checkpoint::MODEL_FILE, device)?;
-        let bb = Backbone::build(meta.backbone, meta.variant, &t, false, meta.config.serving_precision, device)?;
+        let precision = precision.unwrap_or(meta.config.serving_precision);
+        let bb = Backbone::build(meta.backbone, meta.variant, &t, false, precision, device)?;
         let get = |n: &str| t.get(n).cloned().ok_or_else(|| TrainError::Checkpoint(format!("checkpoint has no {n}")));
         let head = Head::from_tensors(get("head.kernel")?, get("head.bias")?, 0.0)?;
         if head.classes() != if meta.classes.len() == 2 { 1 } else { meta.classes.len() } {

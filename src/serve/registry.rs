@@ -208,7 +208,7 @@ impl Registry {
         let id = row.id.clone();
         let started = std::time::Instant::now();
         let model = tokio::task::spawn_blocking(move || -> Result<LoadedModel, PredictError> {
-            let predictor = Predictor::load(&dir, &device)
+            let predictor = Predictor::load(&dir, &device, None)
                 .map_err(|e| PredictError::ModelUnavailable(format!("model {id} could not be loaded: {e}")))?;
             let classes = predictor.classes().to_vec();
             let image_size = predictor.image_size();
