@@ -10,7 +10,7 @@ peers and the load script run in the peers' venv (bench/peers/README.md).
         [--weights ../shared/weights/xception_weights_tf_dim_ordering_tf_kernels_notop.h5]
         [--out docs/benchmarks.md] [--chart docs/benchmarks.svg]
         [--mobilenet-weights ../shared/weights/mobilenet_v2_tfhub_dogcat_model.h5]
-        [--skip-recipe] [--skip-serve] [--load-seconds 60] [--soak-seconds 600]
+        [--skip-recipe] [--skip-serve] [--load-seconds 60] [--soak-seconds 600] [--ood OOD_DIR]
 """
 import argparse, html, json, os, platform, subprocess, sys, tempfile, time
 
@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--chart", default=None, help="SVG chart to write (default: next to --out)")
     ap.add_argument("--skip-serve", action="store_true", help="no /predict load test and soak")
     ap.add_argument("--load-seconds", default="60")
+    ap.add_argument("--ood", default=None, help="cat/ and dog/ photos from another source for the bf16 accuracy guard (bench/ood/README.md)")
     ap.add_argument("--soak-seconds", default="600")
     a = ap.parse_args()
     global CACHE_FILE
@@ -79,6 +80,10 @@ def main():
         for w in ["infer", "latency", "stage2"] if model == "xception" else ["infer", "stage2"]:
             ours[(model, w)] = run_json([a.bin, "bench", "--workload", w, "--backbone", BACKBONE[model], "--size", str(size),
                                          "--weights", a.weights if model == "xception" else a.mobilenet_weights, "--iters", a.iters])
+    # bf16 products (opt-in per model): only where the CPU has AVX-512 BF16;
+    # elsewhere the JSON says f32 ran and the rows say so.
+    bf16 = {w: run_json([a.bin, "bench", "--workload", w, "--backbone", "xception", "--size", "150", "--weights", a.weights,
+                         "--iters", a.iters, "--precision", "bf16"]) for w in ["infer", "latency"]}
     peers = {}
     peer_env = dict(os.environ, PYTHONUNBUFFERED="1")
     configs = PEERS + ([("torch", "torch", [])] if a.all_peers else [])
@@ -125,6 +130,14 @@ def main():
             # tuneserve counts the network's multiply-adds x 2 per image (`bench`).
             rows.append((f"{title} inference, sustained GFLOP/s (tuneserve)", f"{gflops:.0f}", *["-"] * (len(names) + 3)))
 
+    ran_bf16 = all(v.get("precision") == "bf16" for v in bf16.values())
+    bf16_label = "bf16 products (opt-in; peers f32)" if ran_bf16 else "bf16 asked, f32 ran (no AVX-512 BF16 here)"
+    row(f"Xception 150 inference, {bf16_label}, img/s (batch 32)", bf16["infer"]["img_per_s"],
+        {n: peer(n, "xception", "infer") for n in names}, f1)
+    row(f"Xception 150 batch-1 latency, {bf16_label}, ms (lower is better)", bf16["latency"]["median_s"] * 1e3,
+        {n: (peer(n, "xception", "latency", "median_s") or 0) * 1e3 for n in names}, lambda v: f"{v:.1f}", lower_better=True)
+    guard = None if a.skip_recipe else accuracy_guard(a)
+
     if not a.skip_recipe:
         recipe = timed(f"tuneserve recipe {a.data}", [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", "{tmp}",
                                                         "--recipe", "notebook", "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0"])
@@ -169,8 +182,9 @@ def main():
     table = ("| workload | tuneserve | " + " | ".join(PEER_LABEL[n] for n in names) + " | vs Keras | vs best PyTorch | vs best peer |\n"
              + "|---" * (len(names) + 5) + "|\n")
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
-    raw = "\n<details><summary>raw JSON</summary>\n\n```\n" + "\n".join(json.dumps(v) for v in list(ours.values()) + list(peers.values())) + "\n```\n</details>\n"
-    report = head + table + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
+    raw = ("\n<details><summary>raw JSON</summary>\n\n```\n"
+           + "\n".join(json.dumps(v) for v in list(ours.values()) + list(bf16.values()) + list(peers.values())) + "\n```\n</details>\n")
+    report = head + table + (guard_section(guard, ran_bf16) if guard else "") + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
     print(report)
     if a.out:
         chart = a.chart or os.path.splitext(a.out)[0] + ".svg"
@@ -204,6 +218,56 @@ def timed(key, cmd, then=None, env=None):
         CACHE[key] = time.time() - t0
     save_cache()
     return CACHE[key]
+
+
+def accuracy_guard(a):
+    """bf16's accuracy guard: a stage-1 model trained on the seed data (the
+    notebook's 20 head epochs), then its predictions with f32 and with bf16
+    products for every validation photo and (--ood) every photo from another
+    source (bench/ood/README.md). Kept in --cache."""
+    key = f"bf16 accuracy guard {a.data} {a.ood}"
+    if key in CACHE:
+        return CACHE[key]
+    import zipfile
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "out")
+        train = [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", out, "--recipe", "notebook",
+                 "--frozen-epochs", "20", "--finetune-epochs", "0", "--patience", "0", "--device", "cpu"]
+        print("$", " ".join(train), file=sys.stderr, flush=True)
+        subprocess.run(train, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with zipfile.ZipFile(a.data) as z:
+            names = [n for n in z.namelist() if "/validation/" in n and n.lower().endswith((".jpg", ".jpeg", ".png"))]
+            z.extractall(os.path.join(d, "val"), members=names)
+        sets = {"seed validation": sorted(os.path.join(d, "val", n) for n in names)}
+        if a.ood:
+            sets["another source"] = sorted(os.path.join(a.ood, c, f) for c in ("cat", "dog") for f in os.listdir(os.path.join(a.ood, c)))
+        result = {}
+        for name, paths in sets.items():
+            # The class is the folder: cats/dogs in the seed data, cat/dog elsewhere.
+            truth = {p: os.path.basename(os.path.dirname(p)).rstrip("s") for p in paths}
+            labels = {}
+            for precision in ["f32", "bf16"]:
+                cmd = [a.bin, "predict", "--checkpoint", out, "--device", "cpu", "--serving-precision", precision]
+                print("$", " ".join(cmd), f"({len(paths)} photos)", file=sys.stderr, flush=True)
+                res = subprocess.run(cmd + paths, check=True, capture_output=True, text=True)
+                labels[precision] = {l["path"]: l["label"].rstrip("s") for l in map(json.loads, res.stdout.splitlines()) if "label" in l}
+            acc = {k: sum(v.get(p) == t for p, t in truth.items()) / len(paths) for k, v in labels.items()}
+            same = sum(labels["f32"].get(p) == labels["bf16"].get(p) for p in paths) / len(paths)
+            result[name] = {"photos": len(paths), "accuracy_f32": acc["f32"], "accuracy_bf16": acc["bf16"], "same_label": same}
+    CACHE[key] = result
+    save_cache()
+    return result
+
+
+def guard_section(guard, ran_bf16):
+    ran = "" if ran_bf16 else " (this CPU has no AVX-512 BF16: both ran f32)"
+    lines = [f"\nbf16 accuracy guard{ran}, measured: a stage-1 Xception model (notebook recipe, 20 head epochs on the seed "
+             "data) predicts each set with f32 and with bf16 products; the goal is accuracy within 0.2 points.\n",
+             "| photos | count | accuracy f32 | accuracy bf16 | difference, points | same label |", "|---|---|---|---|---|---|"]
+    for name, g in guard.items():
+        lines.append(f"| {name} | {g['photos']} | {100 * g['accuracy_f32']:.1f}% | {100 * g['accuracy_bf16']:.1f}% | "
+                     f"{100 * (g['accuracy_bf16'] - g['accuracy_f32']):+.1f} | {100 * g['same_label']:.1f}% |")
+    return "\n".join(lines) + "\n"
 
 
 def peer_versions(peers):
