@@ -104,15 +104,22 @@ fn mobilenet_v2_matches_keras_layer_by_layer() {
     check("dogcat_head_logits", &head.forward(&fv).unwrap(), &golden["dogcat_head_logits"]);
 }
 
-#[test]
-fn kitchenware_head_on_our_gap_matches_keras_logits() {
+/// Keras's golden tensors, and our Xception's features of its photos and the
+/// kitchenware head's logits on them, with the products in `precision`.
+fn kitchenware_on_our_gap(precision: Precision) -> (std::collections::HashMap<String, Tensor>, Tensor, Tensor) {
     let dev = Device::Cpu;
     let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
     let head = candle_core::safetensors::load(fixtures::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, Precision::F32, &dev).unwrap();
+    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, precision, &dev).unwrap();
     let gap = bb.features(&golden["input"]).unwrap();
     let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
     let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
+    (golden, gap, logits)
+}
+
+#[test]
+fn kitchenware_head_on_our_gap_matches_keras_logits() {
+    let (golden, _, logits) = kitchenware_on_our_gap(Precision::F32);
     check("head_logits", &logits, &golden["head_logits"]);
 }
 
@@ -172,18 +179,12 @@ fn embed_cli_on_the_photos_matches_keras_gap() {
 /// kitchenware head.
 #[test]
 fn xception_bf16_serving_keeps_keras_predictions() {
-    let dev = Device::Cpu;
-    let golden = candle_core::safetensors::load(fixtures::fixture("golden/xception_golden.safetensors"), &dev).unwrap();
-    let head = candle_core::safetensors::load(fixtures::fixture("golden/kitchenware_head.safetensors"), &dev).unwrap();
-    let bb = Backbone::build(BackboneKind::Xception, Variant::Full, &fixtures::xception_weights(), false, Precision::Bf16, &dev).unwrap();
-    let gap = bb.features(&golden["input"]).unwrap();
+    let (golden, gap, logits) = kitchenware_on_our_gap(Precision::Bf16);
     let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
     println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", Precision::Bf16.supported());
     // bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per
     // product operand); measured 7.3e-3 after the 36 convolutions.
     assert!(relative <= 2e-2, "bf16 features drift: {relative}");
-    let hidden = gap.matmul(&head["dense.kernel"]).unwrap().broadcast_add(&head["dense.bias"]).unwrap().relu().unwrap();
-    let logits = hidden.matmul(&head["dense_1.kernel"]).unwrap().broadcast_add(&head["dense_1.bias"]).unwrap();
     let ours = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     let keras = golden["head_logits"].argmax(1).unwrap().to_vec1::<u32>().unwrap();
     println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));

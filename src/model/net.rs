@@ -141,9 +141,10 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 impl Net {
     /// Packs the weights of every convolution that never trains, for
     /// inference: in f32 for products at few pixels (batch-1 serving), where
-    /// BLAS would repack them on every call; in bf16 (where the CPU has it)
-    /// for every product. CPU f32 networks only, and only where the CPU has
-    /// the vector units the packed kernels need.
+    /// BLAS would repack them on every call; in bf16 (if asked and the CPU
+    /// has it) for every product of the weights `bf16_pays` names. CPU f32
+    /// networks only, and only where the CPU has the vector units the packed
+    /// kernels need.
     pub fn pack_frozen_products(&mut self, precision: ops::packed::Precision) -> Result<()> {
         let precision = precision.supported();
         if self.dtype() != DType::F32 || (precision == ops::packed::Precision::F32 && !ops::packed::worthwhile()) {

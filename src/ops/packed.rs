@@ -348,7 +348,7 @@ fn kernel(simd: Simd, panel: &[Line<f32>], ahead: &[Line<f32>], xs: &[f32], ldx:
     let k = panel.len() / LINES;
     match simd {
         // SAFETY: `Simd::detect` returns these levels only after seeing the
-        // CPU's features; the lengths the kernels read within are asserted above.
+        // CPU's features; `product` asserts the lengths the kernels read within.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { kernel_avx512(panel, ahead, xs, ldx, k, tile) },
         #[cfg(target_arch = "x86_64")]
