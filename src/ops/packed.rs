@@ -40,8 +40,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Weights and activations rounded to bfloat16 (8 significant bits) for
-    /// the products, which then run at twice the rate on CPUs with AVX-512
-    /// BF16; elsewhere the products stay f32.
+    /// the products, which then do twice the multiply-adds per instruction on
+    /// CPUs with AVX-512 BF16; elsewhere the products stay f32.
     Bf16,
 }
 

@@ -93,8 +93,9 @@ pub struct TrainConfig {
     /// for validation and (by default) for the published model's predictions.
     pub tta: bool,
     /// Operand format of the published model's products at /predict:
-    /// `bf16` roughly doubles their speed on CPUs with AVX-512 BF16 (others
-    /// serve in f32) at a small cost in precision; training is always f32.
+    /// `bf16` makes the large ones about 1.4x faster on CPUs with AVX-512
+    /// BF16 (others serve in f32) at a small cost in precision; training is
+    /// always f32.
     pub serving_precision: Precision,
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub validation_split: f64,
