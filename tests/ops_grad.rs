@@ -87,11 +87,12 @@ fn depthwise_matches_candle_grouped_conv() {
 }
 
 /// The forward at every stride and padding the networks use (and a few they
-/// don't) against a product with im2col's columns, itself checked against
-/// Candle's conv2d and finite differences.
+/// don't, down to one-pixel rows and columns) against a product with
+/// im2col's columns, itself checked against Candle's conv2d and finite
+/// differences.
 #[test]
 fn depthwise_matches_im2col_at_any_stride_and_padding() {
-    let cases = [(9, 9, 3, 1, true), (9, 8, 3, 2, true), (10, 10, 3, 2, true), (11, 7, 5, 2, true), (10, 10, 3, 2, false), (12, 13, 5, 3, true), (7, 7, 3, 3, false), (2, 3, 3, 2, true)];
+    let cases = [(9, 9, 3, 1, true), (9, 8, 3, 2, true), (10, 10, 3, 2, true), (11, 7, 5, 2, true), (10, 10, 3, 2, false), (12, 13, 5, 3, true), (7, 7, 3, 3, false), (2, 3, 3, 2, true), (1, 4, 3, 1, true), (3, 1, 3, 1, true), (1, 1, 3, 1, true)];
     for (h, w, k, stride, same) in cases {
         let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
         let (c, b) = (3, 2);
