@@ -217,11 +217,12 @@ impl<T: CpuElem> Window<'_, T> {
     }
 
     /// `sum` for a 3x3 'same' window at stride 1 (every depthwise
-    /// convolution of Xception): the planes lie in one flat buffer, each
-    /// followed by a row of zeros, so every tap is one shifted slice of it
-    /// (no per-row copies: on Xception's 9 x 9 planes those were most of the
-    /// time); the taps that would wrap to the row before or after are
-    /// multiplied by 0 (exact: the same sums as reading zero padding).
+    /// convolution of Xception, MobileNetV2's stride-1 ones, and the stride-1
+    /// input gradient): the planes lie in one flat buffer, each followed by a
+    /// row of zeros, so every tap is one shifted slice of it (no per-row
+    /// copies: on Xception's 9 x 9 planes those were most of the time); the
+    /// taps that would wrap to the row before or after are multiplied by 0
+    /// (for finite inputs, the same sums as reading zero padding).
     #[inline(always)]
     fn sum_same3(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
         let (h, w) = self.src_dims;
