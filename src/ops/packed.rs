@@ -216,7 +216,8 @@ impl PackedWeights {
             let o0 = p * PANEL;
             let orows = PANEL.min(m - o0);
             let run_tiles = run * RUN_TILES..tiles.min((run + 1) * RUN_TILES);
-            // One tile of sums per tile of the run, or one in all without blocks.
+            // One tile of sums per tile of the run (they start zeroed), or
+            // without blocks one in all, cleared before each tile.
             let mut sums = vec![[[0f32; PANEL]; MAX_TILE]; if blocks > 1 { run_tiles.len() } else { 1 }];
             // The next panel is fetched into cache a slice per kernel call, while
             // this one computes (weights come from memory: a network's do not fit in cache).
@@ -229,7 +230,7 @@ impl PackedWeights {
                     let (xs, ldx) = tile(b);
                     assert!(ldx >= mr && (steps == 0 || xs.len() >= (steps - 1) * ldx + mr), "tile reads past the input");
                     let acc = &mut sums[if blocks > 1 { t } else { 0 }];
-                    if block == 0 {
+                    if blocks == 1 {
                         acc.iter_mut().for_each(|row| row.fill(0.0));
                     }
                     kernel(weights, next.next().unwrap_or(&[]), &xs[steps_in.start * ldx..], ldx, orows, acc);
