@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--chart", default=None, help="SVG chart to write (default: next to --out)")
     ap.add_argument("--skip-serve", action="store_true", help="no /predict load test and soak")
     ap.add_argument("--load-seconds", default="60")
-    ap.add_argument("--ood", default=None, help="cat/ and dog/ photos from another source for the bf16 accuracy guard (bench/ood/README.md)")
+    ap.add_argument("--ood", default=None, help="cat/ and dog/ photos from another source for the reduced-precision accuracy guard (bench/ood/README.md)")
     ap.add_argument("--soak-seconds", default="600")
     a = ap.parse_args()
     global CACHE_FILE
@@ -83,10 +83,12 @@ def main():
         for w in ["infer", "stage2"]:
             ours[(model, w)] = run_json([a.bin, "bench", "--workload", w, "--backbone", BACKBONE[model], "--size", str(size),
                                          "--weights", a.weights if model == "xception" else a.mobilenet_weights, "--iters", a.iters])
-    # bf16 products (opt-in per model): only where the CPU has AVX-512 BF16;
-    # elsewhere the JSON says f32 ran and the rows say so.
-    bf16 = {w: run_json([a.bin, "bench", "--workload", w, "--backbone", "xception", "--size", "150", "--weights", a.weights,
-                         "--iters", a.iters, "--precision", "bf16"]) for w in ["infer"]}
+    # Reduced-precision products (opt-in per model): bf16 where the CPU has
+    # AVX-512 BF16, else int16 (AVX2); where neither runs the JSON says f32
+    # ran and the rows say so.
+    low = reduced_precision()
+    lowp = {w: run_json([a.bin, "bench", "--workload", w, "--backbone", "xception", "--size", "150", "--weights", a.weights,
+                         "--iters", a.iters, "--precision", low]) for w in ["infer"]}
     peers = {}
     peer_env = dict(os.environ, PYTHONUNBUFFERED="1")
     configs = PEERS + ([("torch", "torch", [])] if a.all_peers else [])
@@ -105,8 +107,8 @@ def main():
     # the median time stands for it.
     latency_cmds = {("ours", "f32"): [a.bin, "bench", "--workload", "latency", "--backbone", "xception", "--size", "150",
                                       "--weights", a.weights, "--iters", a.latency_iters, "--warmup", "5"],
-                    ("ours", "bf16"): [a.bin, "bench", "--workload", "latency", "--backbone", "xception", "--size", "150",
-                                       "--weights", a.weights, "--iters", a.latency_iters, "--warmup", "5", "--precision", "bf16"]}
+                    ("ours", low): [a.bin, "bench", "--workload", "latency", "--backbone", "xception", "--size", "150",
+                                    "--weights", a.weights, "--iters", a.latency_iters, "--warmup", "5", "--precision", low]}
     for name, fw, extra in configs:
         latency_cmds[("peer", name)] = [a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"), "--framework", fw,
                                         "--workload", "latency", "--model", "xception", "--size", "150"] + extra
@@ -119,7 +121,7 @@ def main():
                 print(f"{' '.join(k)} latency failed: {e.stderr[-500:]}", file=sys.stderr)
     latency = {k: sorted(v, key=lambda j: j["median_s"])[len(v) // 2] for k, v in rounds.items() if v}
     ours[("xception", "latency")] = latency[("ours", "f32")]
-    bf16["latency"] = latency[("ours", "bf16")]
+    lowp["latency"] = latency[("ours", low)]
     for name, _, _ in configs:
         if ("peer", name) in latency:
             peers[(name, "xception", "latency")] = latency[("peer", name)]
@@ -160,13 +162,13 @@ def main():
             # tuneserve counts the network's multiply-adds x 2 per image (`bench`).
             rows.append((f"{title} inference, sustained GFLOP/s (tuneserve)", f"{gflops:.0f}", *["-"] * (len(names) + 3)))
 
-    ran_bf16 = all(v.get("precision") == "bf16" for v in bf16.values())
-    bf16_label = "bf16 products (opt-in; peers f32)" if ran_bf16 else "bf16 asked, f32 ran (no AVX-512 BF16 here)"
-    row(f"Xception 150 inference, {bf16_label}, img/s (batch 32)", bf16["infer"]["img_per_s"],
+    ran_low = all(v.get("precision") == low for v in lowp.values())
+    low_label = f"{low} products (opt-in; peers f32)" if ran_low else f"{low} asked, f32 ran"
+    row(f"Xception 150 inference, {low_label}, img/s (batch 32)", lowp["infer"]["img_per_s"],
         {n: peer(n, "xception", "infer") for n in names}, f1)
-    row(f"Xception 150 batch-1 latency, {bf16_label}, ms (lower is better)", bf16["latency"]["median_s"] * 1e3,
+    row(f"Xception 150 batch-1 latency, {low_label}, ms (lower is better)", lowp["latency"]["median_s"] * 1e3,
         {n: (peer(n, "xception", "latency", "median_s") or 0) * 1e3 for n in names}, lambda v: f"{v:.1f}", lower_better=True)
-    guard = None if a.skip_recipe else accuracy_guard(a)
+    guard = None if a.skip_recipe else accuracy_guard(a, low)
 
     if not a.skip_recipe:
         recipe = timed(f"tuneserve recipe {a.data}", [a.bin, "train", "--data", a.data, "--weights", a.weights, "--out", "{tmp}",
@@ -213,9 +215,9 @@ def main():
              + "|---" * (len(names) + 5) + "|\n")
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     raw = ("\n<details><summary>raw JSON</summary>\n\n```\n"
-           + "\n".join(json.dumps(v) for v in list(ours.values()) + list(bf16.values()) + list(peers.values())
+           + "\n".join(json.dumps(v) for v in list(ours.values()) + list(lowp.values()) + list(peers.values())
                         + [j for v in rounds.values() for j in v]) + "\n```\n</details>\n")
-    report = head + table + latency_note + (guard_section(guard, ran_bf16) if guard else "") + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
+    report = head + table + latency_note + (guard_section(guard, low, ran_low) if guard else "") + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
     print(report)
     if a.out:
         chart = a.chart or os.path.splitext(a.out)[0] + ".svg"
@@ -251,12 +253,19 @@ def timed(key, cmd, then=None, env=None):
     return CACHE[key]
 
 
-def accuracy_guard(a):
-    """bf16's accuracy guard: a stage-1 model trained on the seed data (the
-    notebook's 20 head epochs), then its predictions with f32 and with bf16
-    products for every validation photo and (--ood) every photo from another
-    source (bench/ood/README.md). Kept in --cache."""
-    key = f"bf16 accuracy guard {a.data} {a.ood}"
+def reduced_precision():
+    """The opt-in product format that is faster than f32 on this CPU: bf16
+    with AVX-512 BF16, else int16 (16-bit fixed point, AVX2)."""
+    with open("/proc/cpuinfo") as f:
+        return "bf16" if "avx512_bf16" in f.read().split() else "int16"
+
+
+def accuracy_guard(a, low):
+    """The accuracy guard of `low` products: a stage-1 model trained on the
+    seed data (the notebook's 20 head epochs), then its predictions with f32
+    and with `low` products for every validation photo and (--ood) every
+    photo from another source (bench/ood/README.md). Kept in --cache."""
+    key = f"{low} accuracy guard {a.data} {a.ood}"
     if key in CACHE:
         return CACHE[key]
     import zipfile
@@ -277,27 +286,27 @@ def accuracy_guard(a):
             # The class is the folder: cats/dogs in the seed data, cat/dog elsewhere.
             truth = {p: os.path.basename(os.path.dirname(p)).rstrip("s") for p in paths}
             labels = {}
-            for precision in ["f32", "bf16"]:
+            for precision in ["f32", low]:
                 cmd = [a.bin, "predict", "--checkpoint", out, "--device", "cpu", "--serving-precision", precision]
                 print("$", " ".join(cmd), f"({len(paths)} photos)", file=sys.stderr, flush=True)
                 res = subprocess.run(cmd + paths, check=True, capture_output=True, text=True)
                 labels[precision] = {l["path"]: l["label"].rstrip("s") for l in map(json.loads, res.stdout.splitlines()) if "label" in l}
             acc = {k: sum(v.get(p) == t for p, t in truth.items()) / len(paths) for k, v in labels.items()}
-            same = sum(labels["f32"].get(p) == labels["bf16"].get(p) for p in paths) / len(paths)
-            result[name] = {"photos": len(paths), "accuracy_f32": acc["f32"], "accuracy_bf16": acc["bf16"], "same_label": same}
+            same = sum(labels["f32"].get(p) == labels[low].get(p) for p in paths) / len(paths)
+            result[name] = {"photos": len(paths), "accuracy_f32": acc["f32"], "accuracy_low": acc[low], "same_label": same}
     CACHE[key] = result
     save_cache()
     return result
 
 
-def guard_section(guard, ran_bf16):
-    ran = "" if ran_bf16 else " (this CPU has no AVX-512 BF16: both ran f32)"
-    lines = [f"\nbf16 accuracy guard{ran}, measured: a stage-1 Xception model (notebook recipe, 20 head epochs on the seed "
-             "data) predicts each set with f32 and with bf16 products; the goal is accuracy within 0.2 points.\n",
-             "| photos | count | accuracy f32 | accuracy bf16 | difference, points | same label |", "|---|---|---|---|---|---|"]
+def guard_section(guard, low, ran_low):
+    ran = "" if ran_low else f" (this CPU does not run {low}: both ran f32)"
+    lines = [f"\n{low} accuracy guard{ran}, measured: a stage-1 Xception model (notebook recipe, 20 head epochs on the seed "
+             f"data) predicts each set with f32 and with {low} products; the goal is accuracy within 0.2 points.\n",
+             f"| photos | count | accuracy f32 | accuracy {low} | difference, points | same label |", "|---|---|---|---|---|---|"]
     for name, g in guard.items():
-        lines.append(f"| {name} | {g['photos']} | {100 * g['accuracy_f32']:.1f}% | {100 * g['accuracy_bf16']:.1f}% | "
-                     f"{100 * (g['accuracy_bf16'] - g['accuracy_f32']):+.1f} | {100 * g['same_label']:.1f}% |")
+        lines.append(f"| {name} | {g['photos']} | {100 * g['accuracy_f32']:.1f}% | {100 * g['accuracy_low']:.1f}% | "
+                     f"{100 * (g['accuracy_low'] - g['accuracy_f32']):+.1f} | {100 * g['same_label']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -190,3 +190,24 @@ fn xception_bf16_serving_keeps_keras_predictions() {
     println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));
     assert_eq!(ours, keras, "bf16 changed a photo's class");
 }
+
+/// Serving in int16 (fixed-point weights and activations; CPUs with AVX2,
+/// which every CI machine has): the features stay within the rounding's
+/// precision of Keras's, and every photo keeps Keras's class under the
+/// kitchenware head.
+#[test]
+fn xception_int16_serving_keeps_keras_predictions() {
+    if std::env::var("CI").is_ok() {
+        assert_eq!(Precision::Int16.supported(), Precision::Int16, "CI machines have AVX2: the test must run int16");
+    }
+    let (golden, gap, logits) = kitchenware_on_our_gap(Precision::Int16);
+    let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
+    println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", Precision::Int16.supported());
+    // Each product operand is rounded to 1/2400 or less of its row's or
+    // pixel's largest; measured 2.2e-3 after the 36 convolutions.
+    assert!(relative <= 1e-2, "int16 features drift: {relative}");
+    let ours = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let keras = golden["head_logits"].argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));
+    assert_eq!(ours, keras, "int16 changed a photo's class");
+}

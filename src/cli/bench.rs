@@ -43,7 +43,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
     /// Operand format of the frozen products (inference workloads; bf16 runs
-    /// only where the CPU has AVX-512 BF16, and the output says what ran).
+    /// only where the CPU has AVX-512 BF16, int16 where it has AVX2, and the
+    /// output says what ran).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
     /// Print where the time goes (per layer kind, CPU seconds).

@@ -27,7 +27,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub tta: Option<bool>,
     /// The products' format (`bf16`: faster where the CPU has AVX-512 BF16,
-    /// slightly less precise); default: the model's `serving_precision`.
+    /// `int16` where it has AVX2; both slightly less precise); default: the
+    /// model's `serving_precision`.
     #[arg(long, value_enum)]
     pub serving_precision: Option<Precision>,
     /// Exit 0 even when some images could not be read (they are still reported).

@@ -67,7 +67,8 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub tta: Option<bool>,
     /// Operand format of the saved model's products when served (`bf16`:
-    /// faster where the CPU has AVX-512 BF16, slightly less precise).
+    /// faster where the CPU has AVX-512 BF16, `int16` where it has AVX2;
+    /// both slightly less precise).
     #[arg(long, value_enum)]
     pub serving_precision: Option<Precision>,
     /// Validation fraction when the dataset has no validation/ folder.

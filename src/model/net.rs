@@ -141,8 +141,8 @@ fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 impl Net {
     /// Packs the weights of every convolution that never trains, for
     /// inference: in f32 for products at few pixels (batch-1 serving), where
-    /// BLAS would repack them on every call; in bf16 (if asked and the CPU
-    /// has it) for every product of the weights `bf16_pays` names. CPU f32
+    /// BLAS would repack them on every call; in bf16 or int16 (if asked and
+    /// the CPU has it) for every product of the weights `Precision::pays` names. CPU f32
     /// networks only, and only where the CPU has the vector units the packed
     /// kernels need.
     pub fn pack_frozen_products(&mut self, precision: ops::packed::Precision) -> Result<()> {
@@ -157,7 +157,7 @@ impl Net {
                 Node::Conv { w, .. } => {
                     let p = &self.params[*w];
                     let (rows, depth) = p.var.as_tensor().dims2()?;
-                    let precision = if ops::packed::bf16_pays(rows, depth) { precision } else { ops::packed::Precision::F32 };
+                    let precision = if precision.pays(rows, depth) { precision } else { ops::packed::Precision::F32 };
                     if !p.trainable && p.var.device().is_cpu() {
                         packed[*w] = Some(ops::packed::PackedWeights::from_tensor(p.var.as_tensor(), precision)?);
                     }

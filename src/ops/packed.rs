@@ -10,7 +10,7 @@
 use candle_core::{Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::simd::Simd;
+use super::simd::{simd_versions, Simd};
 use super::storage::{slice, DisjointParts};
 
 /// Whether this CPU has the vector units the kernels are written for
@@ -32,7 +32,7 @@ const PANEL: usize = 48;
 /// Cache lines per packed weight row.
 const LINES: usize = PANEL / 16;
 
-/// Number format of a packed product's operands (the sums are f32 in both).
+/// Number format of a packed product's operands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -43,39 +43,56 @@ pub enum Precision {
     /// the products, which then do twice the multiply-adds per instruction on
     /// CPUs with AVX-512 BF16; elsewhere the products stay f32.
     Bf16,
+    /// Weights and activations as 16-bit fixed-point integers (a scale per
+    /// output channel and one per pixel), with as many bits as exact 32-bit
+    /// sums allow (10 and a sign each at depth 1536), for AVX2's integer
+    /// multiply-add: twice the multiply-adds of an f32 FMA per instruction.
+    Int16,
 }
 
 impl Precision {
     /// The format this CPU runs: bf16 only where it has the BF16 dot-product
-    /// instruction (emulating it would be slower than f32).
+    /// instruction, int16 only where it has AVX2's integer multiply-add
+    /// (emulating either would be slower than f32).
     pub fn supported(self) -> Precision {
         match self {
             Precision::Bf16 if Simd::has_bf16() => Precision::Bf16,
+            Precision::Int16 if Simd::detect() != Simd::Baseline => Precision::Int16,
             _ => Precision::F32,
+        }
+    }
+
+    /// Whether products of (rows, depth) weights are faster in this format
+    /// than in f32. Converting the input costs a pass over it, so bf16 and
+    /// int16 pay where each input value meets many weights. Measured on 2
+    /// AVX-512 cores, ms f32 vs bf16: 728 x 728 weights at 10952 pixels 31.1
+    /// vs 19.0, 728 x 256 11.7 vs 8.5, 256 x 256 at 43808 pixels 18.0 vs
+    /// 16.1, but 128 x 128 at 175232 pixels 19.8 vs 37.8 and 128 x 64 12.2 vs
+    /// 17.6 (those are memory-bound). On 2 AVX2 cores, ms f32 (BLAS or
+    /// packed) vs int16 at batch 1 and 32 of Xception 150: 728 x 728 at 81
+    /// pixels 0.59 vs 0.43, at 2592 15.5 vs 12.6; 2048 x 1536 at 800 31.9 vs
+    /// 18.9; 256 x 256 at 1296 1.06 vs 0.98; but 256 x 128 at 1296 0.56 vs
+    /// 0.58 and 128 x 128 at 5184 1.12 vs 1.31.
+    pub fn pays(self, rows: usize, depth: usize) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::Bf16 => rows >= 256 && depth >= 128,
+            Precision::Int16 => rows >= 256 && depth >= 256,
         }
     }
 }
 
-/// Whether bf16 products are faster than f32 for (rows, depth) weights.
-/// Rounding the input costs a pass over it, so bf16 pays where each input
-/// value meets many weights: measured on 2 AVX-512 cores, ms f32 vs bf16,
-/// 728 x 728 weights at 10952 pixels 31.1 vs 19.0, 728 x 256 11.7 vs 8.5,
-/// 256 x 256 at 43808 pixels 18.0 vs 16.1, but 128 x 128 at 175232 pixels
-/// 19.8 vs 37.8 and 128 x 64 12.2 vs 17.6 (those are memory-bound).
-pub fn bf16_pays(rows: usize, depth: usize) -> bool {
-    rows >= 256 && depth >= 128
-}
-
-/// One cache line of 32-bit values (f32, or a pair of bf16); panels are
-/// built from these so that every vector load of a weight row is aligned.
+/// One cache line of 32-bit values (f32, or a pair of bf16 or of 16-bit
+/// integers); panels are built from these so that every vector load of a
+/// weight row is aligned.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line<T>([T; 16]);
 
 /// (O, K) weights as panels of PANEL output channels: panel p holds, for
 /// each step along K, the weights of its PANEL output channels (zero past
-/// O). A step is one input channel in f32, two in bf16 (a pair per 32 bits,
-/// as the BF16 dot product takes them).
+/// O). A step is one input channel in f32, two in bf16 and int16 (a pair per
+/// 32 bits, as the BF16 dot product and AVX2's integer multiply-add take them).
 pub struct PackedWeights {
     rows: usize,
     depth: usize,
@@ -85,10 +102,14 @@ pub struct PackedWeights {
 enum Panels {
     F32(Vec<Line<f32>>),
     Bf16(Vec<Line<u32>>),
+    /// Pairs of 16-bit integers, and each output channel's scale.
+    Int16(Vec<Line<u32>>, Vec<f32>),
 }
 
 impl PackedWeights {
-    /// Packs row-major (rows, depth) weights (`Bf16`: rounded to nearest even).
+    /// Packs row-major (rows, depth) weights (`Bf16`: rounded to nearest
+    /// even; `Int16`: each row scaled so that its largest |weight| is
+    /// `operand_max(depth)`, then rounded).
     pub fn pack(w: &[f32], rows: usize, depth: usize, precision: Precision) -> Self {
         assert_eq!(w.len(), rows * depth, "weights are not {rows} x {depth}");
         let panels = rows.div_ceil(PANEL);
@@ -116,6 +137,23 @@ impl PackedWeights {
                 }
                 Panels::Bf16(lines)
             }
+            Precision::Int16 => {
+                let mut lines = vec![Line([0u32; 16]); panels * steps * LINES];
+                let mut scales = vec![1f32; rows];
+                let q_max = operand_max(depth) as f32;
+                for (o, row) in rows_of() {
+                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    if max > 0.0 && max.is_finite() {
+                        scales[o] = max / q_max;
+                    }
+                    for (c, v) in row.iter().enumerate() {
+                        let q = (v / scales[o]).round_ties_even().clamp(-q_max, q_max) as i32;
+                        let (l, j) = at(o, c / 2);
+                        lines[l].0[j] |= int16_bits(q) << (16 * (c % 2));
+                    }
+                }
+                Panels::Int16(lines, scales)
+            }
         };
         Self { rows, depth, panels }
     }
@@ -127,9 +165,10 @@ impl PackedWeights {
     }
 
     /// Whether a product over `pixels` columns is faster here than in BLAS
-    /// (f32: up to MAX_PIXELS; bf16 at any size, its kernel has twice the rate).
+    /// (f32: up to MAX_PIXELS; bf16 and int16 at any size, their kernels have
+    /// up to twice the rate).
     pub fn wins_at(&self, pixels: usize) -> bool {
-        matches!(self.panels, Panels::Bf16(_)) || pixels <= MAX_PIXELS
+        !matches!(self.panels, Panels::F32(_)) || pixels <= MAX_PIXELS
     }
 
     /// (K, N) f32 CPU input -> (O, N) product.
@@ -149,7 +188,8 @@ impl PackedWeights {
     }
 
     /// out (rows, n) = W x (depth, n), all row-major (in bf16 the input is
-    /// rounded first, as the weights were).
+    /// rounded first, as the weights were; in int16 each pixel's inputs are
+    /// scaled to integers, see `operand_max`).
     pub(crate) fn matmul(&self, simd: Simd, x: &[f32], n: usize, out: &mut [f32]) {
         let k = self.depth;
         assert_eq!(x.len(), k * n, "input is not {k} x {n}");
@@ -166,15 +206,26 @@ impl PackedWeights {
                 }
                 let tile = |b: usize| if b < full { (&x[b * mr..], n) } else { (&last[..], mr) };
                 let kc = if simd == Simd::Avx512 { k } else { KC };
-                self.product(lines, k, n, mr, kc, tile, out, |panel, ahead, xs, ldx, rows, tile| kernel(simd, panel, ahead, xs, ldx, rows, tile));
+                self.product(lines, k, n, mr, kc, tile, None, out, |panel, ahead, xs, ldx, rows, tile| kernel(simd, panel, ahead, xs, ldx, rows, tile));
             }
             Panels::Bf16(lines) => {
                 let steps = steps(Precision::Bf16, k);
                 let vector = simd == Simd::Avx512 && Simd::has_bf16();
-                let pairs = bf16_tiles(vector, x, k, n);
+                let pairs = pair_tiles(x, k, n, MAX_TILE, |_, even, odd, dst| bf16_pair_row(vector, even, odd, dst));
                 let tile = |b: usize| (&pairs[b * steps * MAX_TILE..(b + 1) * steps * MAX_TILE], MAX_TILE);
-                self.product(lines, steps, n, MAX_TILE, steps, tile, out, |panel, ahead, xs, ldx, _, tile| {
+                self.product(lines, steps, n, MAX_TILE, steps, tile, None, out, |panel, ahead, xs, ldx, _, tile| {
                     kernel_bf16(vector, panel, ahead, xs, ldx, tile)
+                });
+            }
+            Panels::Int16(lines, row_scales) => {
+                let steps = steps(Precision::Int16, k);
+                let (pixel_scales, inverse) = pixel_scales(simd, x, k, n);
+                let quantize = Quantize { inverse: &inverse };
+                let pairs = pair_tiles(x, k, n, INT16_TILE, |p0, even, odd, dst| quantize.pairs(simd, p0, even, odd, dst));
+                let tile = |b: usize| (&pairs[b * steps * INT16_TILE..(b + 1) * steps * INT16_TILE], INT16_TILE);
+                let vector = simd != Simd::Baseline;
+                self.product(lines, steps, n, INT16_TILE, KC, tile, Some((row_scales, &pixel_scales)), out, |panel, ahead, xs, ldx, rows, tile| {
+                    kernel_int16(vector, panel, ahead, xs, ldx, rows, tile)
                 });
             }
         }
@@ -187,6 +238,7 @@ impl PackedWeights {
     /// that exist). Split over the rayon pool by runs of tiles and panels of
     /// output channels; within a task, blocks of `kc` steps run over all the
     /// run's tiles, so that a block of the panel is read from L1 once per tile.
+    /// `scales` (by output channel, by pixel) multiply each finished sum.
     #[allow(clippy::too_many_arguments)] // the operands, their shape and the kernel
     fn product<'a, T: Copy + Sync + 'a>(
         &self,
@@ -196,6 +248,7 @@ impl PackedWeights {
         mr: usize,
         kc: usize,
         tile: impl Fn(usize) -> (&'a [T], usize) + Sync,
+        scales: Option<(&[f32], &[f32])>,
         out: &mut [f32],
         kernel: impl Fn(&[Line<T>], &[Line<T>], &[T], usize, usize, &mut Tile) + Sync,
     ) {
@@ -241,8 +294,9 @@ impl PackedWeights {
                     for (j, o) in (o0..o0 + orows).enumerate() {
                         // SAFETY: rows o0..o0+orows, columns p0..p0+cols belong to this task alone; `out` outlives the loop.
                         let row = unsafe { out.part(o * n + p0, cols) };
-                        for (r, v) in row.iter_mut().enumerate() {
-                            *v = acc[r][j];
+                        match scales {
+                            None => row.iter_mut().enumerate().for_each(|(r, v)| *v = acc[r][j]),
+                            Some((rows, pixels)) => row.iter_mut().enumerate().for_each(|(r, v)| *v = acc[r][j] * rows[o] * pixels[p0 + r]),
                         }
                     }
                 }
@@ -262,11 +316,11 @@ const RUN_TILES: usize = 64;
 /// three times the accumulators, runs each tile over all of K.)
 const KC: usize = 96;
 
-/// Packed steps along K: one per input channel in f32, one per pair in bf16.
+/// Packed steps along K: one per input channel in f32, one per pair in bf16 and int16.
 fn steps(precision: Precision, depth: usize) -> usize {
     match precision {
         Precision::F32 => depth,
-        Precision::Bf16 => depth.div_ceil(2),
+        Precision::Bf16 | Precision::Int16 => depth.div_ceil(2),
     }
 }
 
@@ -284,28 +338,29 @@ fn bf16_value(bits: u32) -> f32 {
     f32::from_bits(bits << 16)
 }
 
-/// (k, n) f32 rows -> bf16 pairs in tiles of MAX_TILE pixels, tile-major:
-/// step c of tile b's pixel r at `(b * steps + c) * MAX_TILE + r` holds input
-/// rows 2c and 2c+1, the even one in the low half of the 32 bits (zero past
-/// k and past n). The kernel then reads each tile contiguously. `vector`:
-/// convert with AVX-512 BF16.
-fn bf16_tiles(vector: bool, x: &[f32], k: usize, n: usize) -> Vec<u32> {
+/// (k, n) f32 rows -> pairs of rows in 32 bits, in tiles of `mr` pixels,
+/// tile-major: step c of tile b's pixel r at `(b * steps + c) * mr + r` holds
+/// input rows 2c and 2c+1 as `pair(p0, even, odd, dst)` encodes them (dst[i]
+/// from pixel p0 + i; odd is None past k); zero past n. The kernel then reads
+/// each tile contiguously.
+fn pair_tiles(x: &[f32], k: usize, n: usize, mr: usize, pair: impl Fn(usize, &[f32], Option<&[f32]>, &mut [u32]) + Sync) -> Vec<u32> {
+    assert!(mr <= MAX_TILE, "tiles hold at most {MAX_TILE} pixels");
     let steps = k.div_ceil(2);
-    let tile_len = steps * MAX_TILE;
-    let mut tiles = vec![0u32; n.div_ceil(MAX_TILE) * tile_len];
-    // A few tiles at a time: each input row is read 72 pixels at a time, and
-    // the tiles being written stay in L2.
+    let tile_len = steps * mr;
+    let mut tiles = vec![0u32; n.div_ceil(mr) * tile_len];
+    // A few tiles at a time: each input row is read GROUP * mr pixels at a
+    // time, and the tiles being written stay in L2.
     const GROUP: usize = 8;
     tiles.par_chunks_mut(GROUP * tile_len.max(1)).enumerate().for_each(|(group, tiles)| {
-        let p0 = group * GROUP * MAX_TILE;
-        let cols = (GROUP * MAX_TILE).min(n - p0);
+        let p0 = group * GROUP * mr;
+        let cols = (GROUP * mr).min(n - p0);
         let mut row = [0u32; GROUP * MAX_TILE];
         for c in 0..steps {
             let even = &x[2 * c * n + p0..][..cols];
             let odd = (2 * c + 1 < k).then(|| &x[(2 * c + 1) * n + p0..][..cols]);
-            bf16_pair_row(vector, even, odd, &mut row[..cols]);
-            for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row[..cols].chunks(MAX_TILE)) {
-                tile[c * MAX_TILE..][..pairs.len()].copy_from_slice(pairs);
+            pair(p0, even, odd, &mut row[..cols]);
+            for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row[..cols].chunks(mr)) {
+                tile[c * mr..][..pairs.len()].copy_from_slice(pairs);
             }
         }
     });
@@ -521,6 +576,167 @@ unsafe fn kernel_bf16_avx512(panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32
     }
 }
 
+/// Pixels per int16 tile: 6 x 2 accumulators and 2 weight vectors of AVX2's
+/// 16 registers.
+const INT16_TILE: usize = 6;
+
+/// Largest |integer| of a weight row and of a pixel's inputs in int16
+/// products of depth `k`: the most that keeps every sum exact in 32 bits
+/// (k x max^2 < 2^31), the same for both operands, whose rounding errors
+/// then weigh alike (k = 1536: 1182, about 10.2 bits and sign; k = 256: 2896).
+fn operand_max(k: usize) -> i32 {
+    ((i32::MAX as f64 / k.max(1) as f64).sqrt() as i32).clamp(1, i16::MAX as i32)
+}
+
+/// A 16-bit integer's bits, for half of a pair.
+fn int16_bits(q: i32) -> u32 {
+    q as i16 as u16 as u32
+}
+
+/// Each pixel's (column's) scale for the int16 product, and its inverse: its
+/// largest |input| maps to `operand_max(k)`. A pixel whose inputs are all
+/// zero gets scale 0; one with a NaN or infinite input, scale NaN (its
+/// outputs are NaN, as the f32 product's would be NaN or infinite) and
+/// inverse 0.
+fn pixel_scales(simd: Simd, x: &[f32], k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut max = vec![0u32; n];
+    const CHUNK: usize = 256;
+    max.par_chunks_mut(CHUNK).enumerate().for_each(|(i, m)| ColumnMax { x, n }.run(simd, i * CHUNK, m));
+    let q = operand_max(k) as f32;
+    max.into_iter()
+        .map(|bits| match f32::from_bits(bits) {
+            0.0 => (0.0, 0.0),
+            m if m.is_finite() => (m / q, q / m),
+            _ => (f32::NAN, 0.0),
+        })
+        .unzip()
+}
+
+/// Each pixel's largest |input| over the K rows, as the bits of an f32 (for
+/// non-negative floats the bits order as the values, infinity and NaN last).
+struct ColumnMax<'a> {
+    x: &'a [f32],
+    n: usize,
+}
+
+impl ColumnMax<'_> {
+    simd_versions!(max(p0: usize, m: &mut [u32]));
+
+    #[inline(always)]
+    fn max(&self, p0: usize, m: &mut [u32]) {
+        for row in self.x.chunks_exact(self.n) {
+            for (m, v) in m.iter_mut().zip(&row[p0..]) {
+                *m = (*m).max(v.to_bits() & 0x7fff_ffff);
+            }
+        }
+    }
+}
+
+/// Inputs to 16-bit integer pairs: each value times its pixel's inverse
+/// scale, rounded to nearest even.
+struct Quantize<'a> {
+    inverse: &'a [f32],
+}
+
+impl Quantize<'_> {
+    /// dst[i] = the pair (even[i], odd[i]) of pixel p0 + i (odd: zero where absent).
+    fn pairs(&self, simd: Simd, p0: usize, even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+        let inverse = &self.inverse[p0..][..dst.len()];
+        let (even, odd) = (&even[..dst.len()], odd.map(|o| &o[..dst.len()]));
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if simd != Simd::Baseline {
+            // SAFETY: AVX2 is there (`Simd::detect`); the slices are cut to dst's length above.
+            done = unsafe { Self::pairs_avx2(inverse, even, odd, dst) };
+        }
+        let _ = simd;
+        let q = |v: f32, s: f32| int16_bits((v * s).round_ties_even() as i32);
+        for i in done..dst.len() {
+            dst[i] = q(even[i], inverse[i]) | odd.map_or(0, |o| q(o[i], inverse[i]) << 16);
+        }
+    }
+
+    /// The whole vectors of `pairs`; returns how many values it did.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pairs_avx2(inverse: &[f32], even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) -> usize {
+        use std::arch::x86_64::*;
+        let mut i = 0;
+        // SAFETY (all accesses): i + 8 <= dst.len(), the length of every slice.
+        while i + 8 <= dst.len() {
+            let s = unsafe { _mm256_loadu_ps(inverse.as_ptr().add(i)) };
+            // Converting rounds to nearest even (the default rounding mode).
+            let e = _mm256_cvtps_epi32(_mm256_mul_ps(unsafe { _mm256_loadu_ps(even.as_ptr().add(i)) }, s));
+            let o = odd.map_or(_mm256_setzero_si256(), |o| _mm256_cvtps_epi32(_mm256_mul_ps(unsafe { _mm256_loadu_ps(o.as_ptr().add(i)) }, s)));
+            let pair = _mm256_blend_epi16::<0b1010_1010>(e, _mm256_slli_epi32::<16>(o));
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, pair) };
+            i += 8;
+        }
+        i
+    }
+}
+
+/// The int16 product's tile (6 pixels), added to `tile`: each block's sums
+/// are exact 32-bit integers (then converted to f32). `vector`: AVX2.
+fn kernel_int16(vector: bool, panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32], ldx: usize, rows: usize, tile: &mut Tile) {
+    // `product` asserts that the tile's input holds these K/2 rows of pairs.
+    let k2 = panel.len() / LINES;
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        // SAFETY: `vector` is set only where `Simd::detect` saw AVX2; the
+        // lengths the kernel reads within are asserted by `product`.
+        return unsafe { kernel_int16_avx2(panel, ahead, xs, ldx, k2, rows, tile) };
+    }
+    let _ = (vector, ahead, rows);
+    let half = |v: u32, h: u32| (v >> (16 * h)) as u16 as i16 as i32;
+    for (r, row) in tile.iter_mut().take(INT16_TILE).enumerate() {
+        for (j, t) in row.iter_mut().enumerate() {
+            let mut sum = 0i32;
+            for c in 0..k2 {
+                let (w, x) = (panel[c * LINES + j / 16].0[j % 16], xs[c * ldx + r]);
+                sum += half(w, 0) * half(x, 0) + half(w, 1) * half(x, 1);
+            }
+            *t += sum as f32;
+        }
+    }
+}
+
+/// 6 pixels x 16 channels in 12 ymm accumulators of 32-bit sums, for each
+/// third of the panel that holds output channels; two input channels per
+/// multiply-add instruction (`vpmaddwd`, pairs of 16-bit integers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kernel_int16_avx2(panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32], ldx: usize, k2: usize, rows: usize, tile: &mut Tile) {
+    use std::arch::x86_64::*;
+    const MR: usize = INT16_TILE;
+    let (w, x) = (panel.as_ptr() as *const __m256i, xs.as_ptr());
+    for line in ahead {
+        _mm_prefetch::<_MM_HINT_T1>(line.0.as_ptr() as *const i8);
+    }
+    for part in 0..rows.div_ceil(16).min(LINES) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        for c in 0..k2 {
+            // SAFETY (all reads): c < k2, within the panel (k2 x LINES lines
+            // of two ymm each) and the tile's input (`product` asserts).
+            let at = 2 * (c * LINES + part);
+            let (w0, w1) = unsafe { (_mm256_load_si256(w.add(at)), _mm256_load_si256(w.add(at + 1))) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_set1_epi32(unsafe { *x.add(c * ldx + r) } as i32);
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w0, xv));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w1, xv));
+            }
+        }
+        for (t, a) in tile.iter_mut().zip(&acc) {
+            // SAFETY: each tile row holds PANEL floats.
+            unsafe {
+                let at = t.as_mut_ptr().add(part * 16);
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), _mm256_cvtepi32_ps(a[0])));
+                _mm256_storeu_ps(at.add(8), _mm256_add_ps(_mm256_loadu_ps(at.add(8)), _mm256_cvtepi32_ps(a[1])));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +802,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The int16 product equals the exact integer product of the quantized
+    /// operands times their scales, in the same bits on every vector unit,
+    /// and lies within the quantization's bound of the f32 product: odd K,
+    /// several panels, a partial last tile, K in several blocks, a pixel of
+    /// zeros and one holding a NaN.
+    #[test]
+    fn the_int16_product_is_the_product_of_the_quantized_operands() {
+        for (m, k, n) in [(100, 19, 33), (7, 6, 4), (50, 1, 10), (50, 4 * KC + 7, 13)] {
+            let w = Simd::test_values(m * k);
+            let mut x: Vec<f32> = Simd::test_values(k * n + 3)[3..].iter().map(|v| v * 1.013).collect();
+            for c in 0..k {
+                x[c * n + 1] = 0.0;
+            }
+            x[(k / 2) * n + 2] = f32::NAN;
+            let packed = PackedWeights::pack(&w, m, k, Precision::Int16);
+            let qmax = operand_max(k) as f64;
+            let weight_scale: Vec<f32> = w.chunks(k).map(|r| r.iter().fold(0f32, |a, v| a.max(v.abs())) / qmax as f32).collect();
+            let mut bits: Option<Vec<u32>> = None;
+            for level in Simd::levels_to_test() {
+                let mut out = vec![f32::NAN; m * n];
+                packed.matmul(level, &x, n, &mut out);
+                let these: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                match &bits {
+                    Some(b) => assert!(b == &these, "{level:?} differs in bits"),
+                    None => bits = Some(these),
+                }
+                for j in 0..n {
+                    let column: Vec<f64> = (0..k).map(|c| x[c * n + j] as f64).collect();
+                    let amax = column.iter().fold(0f64, |a, v| a.max(v.abs()));
+                    for i in 0..m {
+                        let got = out[i * n + j] as f64;
+                        if j == 2 {
+                            assert!(got.is_nan(), "({i},{j}): a NaN input gives {got}");
+                            continue;
+                        }
+                        let (sw, sx) = (weight_scale[i] as f64, amax / qmax);
+                        let (mut exact, mut size, mut f32_sum, mut bound) = (0i64, 0f64, 0f64, 0f64);
+                        for (c, xv) in column.iter().enumerate() {
+                            let wv = w[i * k + c] as f64;
+                            let qw = (w[i * k + c] / weight_scale[i]).round_ties_even() as i64;
+                            let qx = if amax > 0.0 { (*xv as f32 * (qmax / amax) as f32).round_ties_even() as i64 } else { 0 };
+                            exact += qw * qx;
+                            size += (qw * qx).abs() as f64;
+                            f32_sum += wv * xv;
+                            bound += sw / 2.0 * xv.abs() + (wv.abs() + sw / 2.0) * sx / 2.0;
+                        }
+                        let want = exact as f64 * sw * sx;
+                        assert!((got - want).abs() <= 1e-6 * size * sw * sx + 1e-30, "{level:?}: ({i},{j}) {got} vs {want}");
+                        assert!((got - f32_sum).abs() <= 1.001 * bound + 1e-6 * size * sw * sx, "{level:?}: ({i},{j}) {got} vs f32 {f32_sum}, bound {bound}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int16_operands_cannot_overflow_the_sums() {
+        for k in [1, 2, 27, 728, 1536, 2064, 4096, 100_000, 1 << 30] {
+            let q = operand_max(k) as i64;
+            assert!(k as i64 * q * q <= i32::MAX as i64, "k = {k}");
+        }
+        assert_eq!((operand_max(1), operand_max(1536)), (32767, 1182));
     }
 
     #[test]
