@@ -46,18 +46,21 @@ pub enum Precision {
     /// Weights and activations as 16-bit fixed-point integers (a scale per
     /// output channel and one per pixel), with as many bits as exact 32-bit
     /// sums allow (10 and a sign each at depth 1536), for AVX2's integer
-    /// multiply-add: twice the multiply-adds of an f32 FMA per instruction.
+    /// multiply-add: twice the multiply-adds of an f32 FMA per instruction,
+    /// on CPUs whose widest vector unit is AVX2; elsewhere the products stay f32.
     Int16,
 }
 
 impl Precision {
     /// The format this CPU runs: bf16 only where it has the BF16 dot-product
-    /// instruction, int16 only where it has AVX2's integer multiply-add
-    /// (emulating either would be slower than f32).
+    /// instruction (emulating it would be slower than f32); int16 only where
+    /// AVX2 is the widest vector unit (AVX-512's f32 FMA does as many
+    /// multiply-adds per instruction as AVX2's integer multiply-add, without
+    /// the separate add).
     pub fn supported(self) -> Precision {
         match self {
             Precision::Bf16 if Simd::has_bf16() => Precision::Bf16,
-            Precision::Int16 if Simd::detect() != Simd::Baseline => Precision::Int16,
+            Precision::Int16 if Simd::detect() == Simd::Avx2 => Precision::Int16,
             _ => Precision::F32,
         }
     }

@@ -94,9 +94,9 @@ pub struct TrainConfig {
     pub tta: bool,
     /// Operand format of the published model's products at /predict:
     /// `bf16` makes the large ones about 1.4x faster on CPUs with AVX-512
-    /// BF16, `int16` (16-bit fixed point) about 1.25x on CPUs with AVX2
-    /// (others serve in f32), at a small cost in precision; training is
-    /// always f32.
+    /// BF16, `int16` (16-bit fixed point) about 1.25x on CPUs with AVX2 but
+    /// not AVX-512 (others serve in f32), at a small cost in precision;
+    /// training is always f32.
     pub serving_precision: Precision,
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub validation_split: f64,
@@ -146,7 +146,8 @@ pub struct TrainSettings {
     pub tta: Option<bool>,
     /// `bf16`: serve the published model with bfloat16 products where the
     /// CPU has AVX-512 BF16; `int16`: with 16-bit fixed-point products where
-    /// it has AVX2 (both faster, slightly less precise); default `f32`.
+    /// its widest vector unit is AVX2 (both faster, slightly less precise);
+    /// default `f32`.
     pub serving_precision: Option<Precision>,
     /// Fraction held out for validation when the dataset has no validation split, in (0, 1).
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
