@@ -179,37 +179,34 @@ fn embed_cli_on_the_photos_matches_keras_gap() {
 /// kitchenware head.
 #[test]
 fn xception_bf16_serving_keeps_keras_predictions() {
-    let (golden, gap, logits) = kitchenware_on_our_gap(Precision::Bf16);
-    let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
-    println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", Precision::Bf16.supported());
     // bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per
     // product operand); measured 7.3e-3 after the 36 convolutions.
-    assert!(relative <= 2e-2, "bf16 features drift: {relative}");
-    let ours = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-    let keras = golden["head_logits"].argmax(1).unwrap().to_vec1::<u32>().unwrap();
-    println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));
-    assert_eq!(ours, keras, "bf16 changed a photo's class");
+    serving_keeps_keras_predictions(Precision::Bf16, 2e-2);
 }
 
 /// Serving in int16 (fixed-point weights and activations; CPUs whose widest
 /// vector unit is AVX2, as on most CI machines; elsewhere the model serves
-/// f32 and this holds a fortiori): the features stay within the rounding's
-/// precision of Keras's, and every photo keeps Keras's class under the
-/// kitchenware head.
+/// f32 and this holds a fortiori): as for bf16.
 #[test]
 fn xception_int16_serving_keeps_keras_predictions() {
     #[cfg(target_arch = "x86_64")]
     if std::env::var("CI").is_ok() && !is_x86_feature_detected!("avx512f") {
         assert_eq!(Precision::Int16.supported(), Precision::Int16, "CI machines have AVX2: the test must run int16");
     }
-    let (golden, gap, logits) = kitchenware_on_our_gap(Precision::Int16);
-    let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
-    println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", Precision::Int16.supported());
     // Each product operand is rounded to 1/2400 or less of its row's or
     // pixel's largest; measured 2.2e-3 after the 36 convolutions.
-    assert!(relative <= 1e-2, "int16 features drift: {relative}");
+    serving_keeps_keras_predictions(Precision::Int16, 1e-2);
+}
+
+/// The features in `precision` lie within `max_relative` of Keras's largest,
+/// and the kitchenware head gives every photo Keras's class.
+fn serving_keeps_keras_predictions(precision: Precision, max_relative: f32) {
+    let (golden, gap, logits) = kitchenware_on_our_gap(precision);
+    let relative = max_abs_diff(&gap, &golden["gap"]) / max_abs(&golden["gap"]);
+    println!("ran {:?}: gap max|diff| / max|gap| = {relative:.2e}", precision.supported());
+    assert!(relative <= max_relative, "{precision:?} features drift: {relative}");
     let ours = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     let keras = golden["head_logits"].argmax(1).unwrap().to_vec1::<u32>().unwrap();
     println!("classes ours {ours:?} keras {keras:?}; logits max|diff| {:.3e}", max_abs_diff(&logits, &golden["head_logits"]));
-    assert_eq!(ours, keras, "int16 changed a photo's class");
+    assert_eq!(ours, keras, "{precision:?} changed a photo's class");
 }

@@ -598,9 +598,9 @@ fn int16_bits(q: i32) -> u32 {
 
 /// Each pixel's (column's) scale for the int16 product, and its inverse: its
 /// largest |input| maps to `operand_max(k)`. A pixel whose inputs are all
-/// zero gets scale 0; one with a NaN or infinite input, scale NaN (its
-/// outputs are NaN, as the f32 product's would be NaN or infinite) and
-/// inverse 0.
+/// zero (or so small, below about 1e-34, that the inverse overflows) gets
+/// scale 0; one with a NaN or infinite input, scale NaN (its outputs are
+/// NaN, as the f32 product's would be NaN or infinite) and inverse 0.
 fn pixel_scales(simd: Simd, x: &[f32], k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
     let mut max = vec![0u32; n];
     const CHUNK: usize = 256;
@@ -608,8 +608,8 @@ fn pixel_scales(simd: Simd, x: &[f32], k: usize, n: usize) -> (Vec<f32>, Vec<f32
     let q = operand_max(k) as f32;
     max.into_iter()
         .map(|bits| match f32::from_bits(bits) {
-            0.0 => (0.0, 0.0),
-            m if m.is_finite() => (m / q, q / m),
+            m if m.is_finite() && (q / m).is_finite() => (m / q, q / m),
+            m if m.is_finite() => (0.0, 0.0),
             _ => (f32::NAN, 0.0),
         })
         .unzip()
@@ -811,7 +811,8 @@ mod tests {
     /// operands times their scales, in the same bits on every vector unit,
     /// and lies within the quantization's bound of the f32 product: odd K,
     /// several panels, a partial last tile, K in several blocks, a pixel of
-    /// zeros and one holding a NaN.
+    /// zeros, one holding a NaN and one of values too small to scale (which
+    /// count as zeros).
     #[test]
     fn the_int16_product_is_the_product_of_the_quantized_operands() {
         for (m, k, n) in [(100, 19, 33), (7, 6, 4), (50, 1, 10), (50, 4 * KC + 7, 13)] {
@@ -819,6 +820,7 @@ mod tests {
             let mut x: Vec<f32> = Simd::test_values(k * n + 3)[3..].iter().map(|v| v * 1.013).collect();
             for c in 0..k {
                 x[c * n + 1] = 0.0;
+                x[c * n + 3] = -1e-40;
             }
             x[(k / 2) * n + 2] = f32::NAN;
             let packed = PackedWeights::pack(&w, m, k, Precision::Int16);
@@ -840,6 +842,10 @@ mod tests {
                         let got = out[i * n + j] as f64;
                         if j == 2 {
                             assert!(got.is_nan(), "({i},{j}): a NaN input gives {got}");
+                            continue;
+                        }
+                        if j == 3 {
+                            assert_eq!(got, 0.0, "({i},{j}): inputs too small to scale");
                             continue;
                         }
                         let (sw, sx) = (weight_scale[i] as f64, amax / qmax);
