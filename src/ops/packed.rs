@@ -322,7 +322,7 @@ fn store_tile<'o>(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales:
     }
     let _ = simd;
     for j in done..orows {
-        row(j).iter_mut().enumerate().for_each(|(r, v)| *v = acc[r][j]);
+        row(j).iter_mut().zip(acc.iter()).for_each(|(v, sums)| *v = sums[j]);
     }
 }
 
