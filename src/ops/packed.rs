@@ -214,7 +214,7 @@ impl PackedWeights {
             Panels::Bf16(lines) => {
                 let steps = steps(Precision::Bf16, k);
                 let vector = simd == Simd::Avx512 && Simd::has_bf16();
-                let pairs = pair_tiles(x, k, n, MAX_TILE, |_, even, odd, dst| bf16_pair_row(vector, even, odd, dst));
+                let pairs = pair_tiles(x, k, n, MAX_TILE, |_, _| (), |_, even, odd, dst| bf16_pair_row(vector, even, odd, dst));
                 let tile = |b: usize| (&pairs[b * steps * MAX_TILE..(b + 1) * steps * MAX_TILE], MAX_TILE);
                 self.product(simd, lines, steps, n, MAX_TILE, steps, tile, None, out, |panel, ahead, xs, ldx, _, tile| {
                     kernel_bf16(vector, panel, ahead, xs, ldx, tile)
@@ -222,9 +222,14 @@ impl PackedWeights {
             }
             Panels::Int16(lines, row_scales) => {
                 let steps = steps(Precision::Int16, k);
-                let (pixel_scales, inverse) = pixel_scales(simd, x, k, n);
-                let quantize = Quantize { inverse: &inverse };
-                let pairs = pair_tiles(x, k, n, INT16_TILE, |p0, even, odd, dst| quantize.pairs(simd, p0, even, odd, dst));
+                // Each group of tiles scales its own pixels (their inputs are then in cache).
+                let mut pixel_scales = vec![0f32; n];
+                let scales = DisjointParts::new(&mut pixel_scales);
+                let group_scales = |p0: usize, cols: usize| {
+                    // SAFETY: groups cover distinct pixels; `pixel_scales` outlives `pair_tiles`.
+                    Quantize::for_pixels(simd, x, n, p0, unsafe { scales.part(p0, cols) })
+                };
+                let pairs = pair_tiles(x, k, n, INT16_TILE, group_scales, |quantize, even, odd, dst| quantize.pairs(simd, even, odd, dst));
                 let tile = |b: usize| (&pairs[b * steps * INT16_TILE..(b + 1) * steps * INT16_TILE], INT16_TILE);
                 let vector = simd != Simd::Baseline;
                 self.product(simd, lines, steps, n, INT16_TILE, KC, tile, Some((row_scales, &pixel_scales)), out, |panel, ahead, xs, ldx, rows, tile| {
@@ -411,25 +416,25 @@ fn bf16_value(bits: u32) -> f32 {
 
 /// (k, n) f32 rows -> pairs of rows in 32 bits, in tiles of `mr` pixels,
 /// tile-major: step c of tile b's pixel r at `(b * steps + c) * mr + r` holds
-/// input rows 2c and 2c+1 as `pair(p0, even, odd, dst)` encodes them (dst[i]
-/// from pixel p0 + i; odd is None past k); zero past n. The kernel then reads
-/// each tile contiguously.
-fn pair_tiles(x: &[f32], k: usize, n: usize, mr: usize, pair: impl Fn(usize, &[f32], Option<&[f32]>, &mut [u32]) + Sync) -> Vec<u32> {
+/// input rows 2c and 2c+1 as `pair(group, even, odd, dst)` encodes them
+/// (dst[i] from the group's pixel i; odd is None past k); zero past n. The
+/// kernel then reads each tile contiguously. Tiles are made a group of
+/// GROUP_TILES at a time; `group(p0, cols)` gives what `pair` needs for the
+/// group's pixels p0..p0 + cols.
+fn pair_tiles<G>(x: &[f32], k: usize, n: usize, mr: usize, group: impl Fn(usize, usize) -> G + Sync, pair: impl Fn(&G, &[f32], Option<&[f32]>, &mut [u32]) + Sync) -> Vec<u32> {
     assert!(mr <= MAX_TILE, "tiles hold at most {MAX_TILE} pixels");
     let steps = k.div_ceil(2);
     let tile_len = steps * mr;
     let mut tiles = vec![0u32; n.div_ceil(mr) * tile_len];
-    // A few tiles at a time: each input row is read GROUP * mr pixels at a
-    // time, and the tiles being written stay in L2.
-    const GROUP: usize = 8;
-    tiles.par_chunks_mut(GROUP * tile_len.max(1)).enumerate().for_each(|(group, tiles)| {
-        let p0 = group * GROUP * mr;
-        let cols = (GROUP * mr).min(n - p0);
-        let mut row = [0u32; GROUP * MAX_TILE];
+    tiles.par_chunks_mut(GROUP_TILES * tile_len.max(1)).enumerate().for_each(|(g, tiles)| {
+        let p0 = g * GROUP_TILES * mr;
+        let cols = (GROUP_TILES * mr).min(n - p0);
+        let state = group(p0, cols);
+        let mut row = [0u32; GROUP_PIXELS];
         for c in 0..steps {
             let even = &x[2 * c * n + p0..][..cols];
             let odd = (2 * c + 1 < k).then(|| &x[(2 * c + 1) * n + p0..][..cols]);
-            pair(p0, even, odd, &mut row[..cols]);
+            pair(&state, even, odd, &mut row[..cols]);
             for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row[..cols].chunks(mr)) {
                 tile[c * mr..][..pairs.len()].copy_from_slice(pairs);
             }
@@ -437,6 +442,12 @@ fn pair_tiles(x: &[f32], k: usize, n: usize, mr: usize, pair: impl Fn(usize, &[f
     });
     tiles
 }
+
+/// Tiles `pair_tiles` makes at a time: each input row is read a group's
+/// pixels at a time, and the group's inputs and tiles stay in L2.
+const GROUP_TILES: usize = 8;
+/// Most pixels in a group of tiles.
+const GROUP_PIXELS: usize = GROUP_TILES * MAX_TILE;
 
 /// dst[i] = the bf16 pair (even[i], odd[i]) (odd: zero where absent); with
 /// the CPU's conversion instruction where `vector` (AVX-512 BF16).
@@ -664,25 +675,6 @@ fn int16_bits(q: i32) -> u32 {
     q as i16 as u16 as u32
 }
 
-/// Each pixel's (column's) scale for the int16 product, and its inverse: its
-/// largest |input| maps to `operand_max(k)`. A pixel whose inputs are all
-/// zero (or so small, below about 1e-34, that the inverse overflows) gets
-/// scale 0; one with a NaN or infinite input, scale NaN (its outputs are
-/// NaN, as the f32 product's would be NaN or infinite) and inverse 0.
-fn pixel_scales(simd: Simd, x: &[f32], k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut max = vec![0u32; n];
-    const CHUNK: usize = 256;
-    max.par_chunks_mut(CHUNK).enumerate().for_each(|(i, m)| ColumnMax { x, n }.run(simd, i * CHUNK, m));
-    let q = operand_max(k) as f32;
-    max.into_iter()
-        .map(|bits| match f32::from_bits(bits) {
-            m if m.is_finite() && (q / m).is_finite() => (m / q, q / m),
-            m if m.is_finite() => (0.0, 0.0),
-            _ => (f32::NAN, 0.0),
-        })
-        .unzip()
-}
-
 /// Each pixel's largest |input| over the K rows, as the bits of an f32 (for
 /// non-negative floats the bits order as the values, infinity and NaN last).
 struct ColumnMax<'a> {
@@ -703,16 +695,39 @@ impl ColumnMax<'_> {
     }
 }
 
-/// Inputs to 16-bit integer pairs: each value times its pixel's inverse
-/// scale, rounded to nearest even.
-struct Quantize<'a> {
-    inverse: &'a [f32],
+/// A group of pixels' inputs to 16-bit integer pairs: each value times its
+/// pixel's inverse scale, rounded to nearest even.
+struct Quantize {
+    inverse: [f32; GROUP_PIXELS],
 }
 
-impl Quantize<'_> {
-    /// dst[i] = the pair (even[i], odd[i]) of pixel p0 + i (odd: zero where absent).
-    fn pairs(&self, simd: Simd, p0: usize, even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
-        let inverse = &self.inverse[p0..][..dst.len()];
+impl Quantize {
+    /// For the pixels (columns) p0..p0 + scales.len() of the (k, n) input
+    /// `x`; writes each one's scale for the int16 product into `scales`: its
+    /// largest |input| maps to `operand_max(k)`. A pixel whose inputs are
+    /// all zero (or so small, below about 1e-34, that the inverse overflows)
+    /// gets scale 0; one with a NaN or infinite input, scale NaN (its outputs
+    /// are NaN, as the f32 product's would be NaN or infinite) and inverse 0.
+    fn for_pixels(simd: Simd, x: &[f32], n: usize, p0: usize, scales: &mut [f32]) -> Self {
+        let cols = scales.len();
+        assert!(cols <= GROUP_PIXELS && p0 + cols <= n, "pixels {p0}..{} of {n} are not a group", p0 + cols);
+        let mut max = [0u32; GROUP_PIXELS];
+        ColumnMax { x, n }.run(simd, p0, &mut max[..cols]);
+        let q = operand_max(x.len() / n.max(1)) as f32;
+        let mut inverse = [0f32; GROUP_PIXELS];
+        for ((s, i), bits) in scales.iter_mut().zip(&mut inverse).zip(max) {
+            (*s, *i) = match f32::from_bits(bits) {
+                m if m.is_finite() && (q / m).is_finite() => (m / q, q / m),
+                m if m.is_finite() => (0.0, 0.0),
+                _ => (f32::NAN, 0.0),
+            };
+        }
+        Self { inverse }
+    }
+
+    /// dst[i] = the pair (even[i], odd[i]) of the group's pixel i (odd: zero where absent).
+    fn pairs(&self, simd: Simd, even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+        let inverse = &self.inverse[..dst.len()];
         let (even, odd) = (&even[..dst.len()], odd.map(|o| &o[..dst.len()]));
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
@@ -883,14 +898,19 @@ mod tests {
     /// count as zeros).
     #[test]
     fn the_int16_product_is_the_product_of_the_quantized_operands() {
-        for (m, k, n) in [(100, 19, 33), (7, 6, 4), (50, 1, 10), (50, 4 * KC + 7, 13)] {
+        // (The last shape's pixels span several groups of tiles, each with its own scales.)
+        for (m, k, n) in [(100, 19, 33), (7, 6, 4), (50, 1, 10), (50, 4 * KC + 7, 13), (20, 9, 2 * GROUP_TILES * INT16_TILE + 5)] {
+            // A NaN in pixel 2 (and in the last group's second-last pixel).
+            let nan_pixel = |j: usize| j == 2 || (n > GROUP_TILES * INT16_TILE && j == n - 2);
             let w = Simd::test_values(m * k);
             let mut x: Vec<f32> = Simd::test_values(k * n + 3)[3..].iter().map(|v| v * 1.013).collect();
             for c in 0..k {
                 x[c * n + 1] = 0.0;
                 x[c * n + 3] = -1e-40;
             }
-            x[(k / 2) * n + 2] = f32::NAN;
+            for j in (0..n).filter(|j| nan_pixel(*j)) {
+                x[(k / 2) * n + j] = f32::NAN;
+            }
             let packed = PackedWeights::pack(&w, m, k, Precision::Int16);
             let qmax = operand_max(k) as f64;
             let weight_scale: Vec<f32> = w.chunks(k).map(|r| r.iter().fold(0f32, |a, v| a.max(v.abs())) / qmax as f32).collect();
@@ -908,7 +928,7 @@ mod tests {
                     let amax = column.iter().fold(0f64, |a, v| a.max(v.abs()));
                     for i in 0..m {
                         let got = out[i * n + j] as f64;
-                        if j == 2 {
+                        if nan_pixel(j) {
                             assert!(got.is_nan(), "({i},{j}): a NaN input gives {got}");
                             continue;
                         }
@@ -955,4 +975,3 @@ mod tests {
         assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
     }
 }
-
