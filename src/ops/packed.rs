@@ -9,6 +9,7 @@
 
 use candle_core::{Result, Storage, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::simd::{simd_versions, Simd};
 use super::storage::{slice, DisjointParts};
@@ -185,15 +186,20 @@ impl PackedWeights {
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("packed product: the input is not on the CPU");
         };
-        let mut out = vec![0f32; self.rows * n];
-        self.matmul(Simd::detect(), slice::<f32>(cpu, layout)?, n, &mut out);
+        // Not zeroed first: the product writes every element (zeroing was a
+        // pass over memory of its own, 7 MiB a product at batch 32).
+        let len = self.rows * n;
+        let mut out = Vec::with_capacity(len);
+        self.matmul(Simd::detect(), slice::<f32>(cpu, layout)?, n, &mut out.spare_capacity_mut()[..len]);
+        // SAFETY: `matmul` wrote all `len` elements.
+        unsafe { out.set_len(len) };
         Tensor::from_vec(out, (self.rows, n), &candle_core::Device::Cpu)
     }
 
     /// out (rows, n) = W x (depth, n), all row-major (in bf16 the input is
     /// rounded first, as the weights were; in int16 each pixel's inputs are
-    /// scaled to integers, see `operand_max`).
-    pub(crate) fn matmul(&self, simd: Simd, x: &[f32], n: usize, out: &mut [f32]) {
+    /// scaled to integers, see `operand_max`). Writes every element of `out`.
+    pub(crate) fn matmul(&self, simd: Simd, x: &[f32], n: usize, out: &mut [MaybeUninit<f32>]) {
         let k = self.depth;
         assert_eq!(x.len(), k * n, "input is not {k} x {n}");
         assert_eq!(out.len(), self.rows * n, "output is not {} x {n}", self.rows);
@@ -258,14 +264,14 @@ impl PackedWeights {
         kc: usize,
         tile: impl Fn(usize) -> (&'a [T], usize) + Sync,
         scales: Option<(&[f32], &[f32])>,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         kernel: impl Fn(&[Line<T>], &[Line<T>], &[T], usize, usize, &mut Tile) + Sync,
     ) {
         let m = self.rows;
         if n == 0 || m == 0 {
             return;
         }
-        let out = DisjointParts::new(out);
+        let out = DisjointParts::uninit(out);
         let panel_len = steps * LINES;
         let (panels, tiles) = (m.div_ceil(PANEL), n.div_ceil(mr));
         let runs = tiles.div_ceil(RUN_TILES);
@@ -302,7 +308,7 @@ impl PackedWeights {
                     let (p0, cols) = (b * mr, mr.min(n - b * mr));
                     let scales = scales.map(|(rows, pixels)| (&rows[o0..o0 + orows], &pixels[p0..p0 + cols]));
                     // SAFETY: rows o0..o0+orows, columns p0..p0+cols belong to this task alone; `out` outlives the loop.
-                    let row = |j: usize| unsafe { out.part((o0 + j) * n + p0, cols) };
+                    let row = |j: usize| unsafe { out.part_ptr((o0 + j) * n + p0, cols) };
                     store_tile(simd, acc, orows, cols, scales, row);
                 }
             }
@@ -311,9 +317,9 @@ impl PackedWeights {
 }
 
 /// Writes a finished tile of sums (`acc[r][j]`: pixel r, output channel j)
-/// to the output rows (`row(j)`: channel j's `cols` pixels), times the
-/// channel's and the pixel's scale where given.
-fn store_tile<'o>(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales: Option<(&[f32], &[f32])>, row: impl Fn(usize) -> &'o mut [f32]) {
+/// to the output rows (`row(j)`: where channel j's `cols` pixels go, to be
+/// written only), times the channel's and the pixel's scale where given.
+fn store_tile(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales: Option<(&[f32], &[f32])>, row: impl Fn(usize) -> *mut f32) {
     if let Some((rows, pixels)) = scales {
         for (sums, p) in acc.iter_mut().zip(pixels) {
             sums.iter_mut().zip(rows).for_each(|(v, o)| *v *= o * p);
@@ -326,8 +332,11 @@ fn store_tile<'o>(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales:
         done = unsafe { store_tile_avx2(acc, orows, cols, &row) };
     }
     let _ = simd;
-    for j in done..orows {
-        row(j).iter_mut().zip(acc.iter()).for_each(|(v, sums)| *v = sums[j]);
+    for (r, sums) in acc.iter().take(cols).enumerate() {
+        for (j, v) in sums.iter().enumerate().take(orows).skip(done) {
+            // SAFETY: `row(j)` has room for `cols` values.
+            unsafe { row(j).add(r).write(*v) };
+        }
     }
 }
 
@@ -337,7 +346,7 @@ fn store_tile<'o>(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales:
 /// perf). Returns the channels it wrote.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn store_tile_avx2<'o>(acc: &Tile, orows: usize, cols: usize, row: &impl Fn(usize) -> &'o mut [f32]) -> usize {
+unsafe fn store_tile_avx2(acc: &Tile, orows: usize, cols: usize, row: &impl Fn(usize) -> *mut f32) -> usize {
     use std::arch::x86_64::*;
     if cols > 8 {
         return 0;
@@ -366,7 +375,7 @@ unsafe fn store_tile_avx2<'o>(acc: &Tile, orows: usize, cols: usize, row: &impl 
             _mm256_permute2f128_ps::<0x31>(b3, b7),
         ];
         for (jj, t) in t.into_iter().enumerate() {
-            let at = row(j + jj).as_mut_ptr();
+            let at = row(j + jj);
             // Plain stores for whole tiles of 6 (masked stores are slow on AMD's cores).
             match cols {
                 6 => unsafe {
@@ -425,8 +434,10 @@ fn pair_tiles<G>(x: &[f32], k: usize, n: usize, mr: usize, group: impl Fn(usize,
     assert!(mr <= MAX_TILE, "tiles hold at most {MAX_TILE} pixels");
     let steps = k.div_ceil(2);
     let tile_len = steps * mr;
-    let mut tiles = vec![0u32; n.div_ceil(mr) * tile_len];
-    tiles.par_chunks_mut(GROUP_TILES * tile_len.max(1)).enumerate().for_each(|(g, tiles)| {
+    // Not zeroed first (a pass over memory of its own): every value is written below.
+    let len = n.div_ceil(mr) * tile_len;
+    let mut tiles = Vec::with_capacity(len);
+    tiles.spare_capacity_mut()[..len].par_chunks_mut(GROUP_TILES * tile_len.max(1)).enumerate().for_each(|(g, tiles)| {
         let p0 = g * GROUP_TILES * mr;
         let cols = (GROUP_TILES * mr).min(n - p0);
         let state = group(p0, cols);
@@ -435,11 +446,14 @@ fn pair_tiles<G>(x: &[f32], k: usize, n: usize, mr: usize, group: impl Fn(usize,
             let even = &x[2 * c * n + p0..][..cols];
             let odd = (2 * c + 1 < k).then(|| &x[(2 * c + 1) * n + p0..][..cols]);
             pair(&state, even, odd, &mut row[..cols]);
-            for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row[..cols].chunks(mr)) {
-                tile[c * mr..][..pairs.len()].copy_from_slice(pairs);
+            // Whole tiles: the lanes past the last pixel copy `row`'s zeros.
+            for (tile, pairs) in tiles.chunks_exact_mut(tile_len).zip(row.chunks_exact(mr)) {
+                tile[c * mr..][..mr].iter_mut().zip(pairs).for_each(|(t, p)| _ = t.write(*p));
             }
         }
     });
+    // SAFETY: each tile's steps x mr values were written above.
+    unsafe { tiles.set_len(len) };
     tiles
 }
 
@@ -827,6 +841,13 @@ unsafe fn kernel_int16_avx2(panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32]
 mod tests {
     use super::*;
 
+    /// A filled output as `matmul` takes it (the tests fill it with NaN, so
+    /// that an element the product leaves unwritten shows).
+    fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: same layout; `matmul` writes only initialised values.
+        unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
+    }
+
     /// Every vector unit's product equals the f64 product: several panels,
     /// the last one partial, a partial last tile, fewer pixels than a tile,
     /// and K in several blocks (the last one partial).
@@ -844,7 +865,7 @@ mod tests {
         let mut vector_bits: Option<Vec<f32>> = None;
         for level in Simd::levels_to_test() {
             let mut out = vec![f32::NAN; m * n];
-            packed.matmul(level, &x, n, &mut out);
+            packed.matmul(level, &x, n, as_uninit(&mut out));
             // The vector kernels differ in tile shape only: each output is the
             // same chain of fused multiply-adds over k.
             if level != Simd::Baseline {
@@ -877,7 +898,7 @@ mod tests {
             let round = |v: f32| bf16_value(bf16_bits(v)) as f64;
             for level in [Simd::Baseline, Simd::detect()] {
                 let mut out = vec![f32::NAN; m * n];
-                packed.matmul(level, &x, n, &mut out);
+                packed.matmul(level, &x, n, as_uninit(&mut out));
                 for i in 0..m {
                     for j in 0..n {
                         let terms = (0..k).map(|c| round(w[i * k + c]) * round(x[c * n + j]));
@@ -917,7 +938,7 @@ mod tests {
             let mut bits: Option<Vec<u32>> = None;
             for level in Simd::levels_to_test() {
                 let mut out = vec![f32::NAN; m * n];
-                packed.matmul(level, &x, n, &mut out);
+                packed.matmul(level, &x, n, as_uninit(&mut out));
                 let these: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
                 match &bits {
                     Some(b) => assert!(b == &these, "{level:?} differs in bits"),

@@ -135,6 +135,23 @@ impl DisjointParts {
         Self { ptr: buf.as_mut_ptr(), len: buf.len() }
     }
 
+    /// Over memory not yet written: its parts are written through `part_ptr` only.
+    #[inline]
+    pub(crate) fn uninit(buf: &mut [MaybeUninit<f32>]) -> Self {
+        Self { ptr: buf.as_mut_ptr().cast(), len: buf.len() }
+    }
+
+    /// The start of `at..at + len`, to write (not read) through.
+    ///
+    /// # Safety
+    /// As `part`: no one else writes `at..at + len` meanwhile, and the buffer outlives the pointer's use.
+    #[inline]
+    pub(crate) unsafe fn part_ptr(&self, at: usize, len: usize) -> *mut f32 {
+        assert!(at + len <= self.len, "part {at}+{len} outside the output ({})", self.len);
+        // SAFETY: in bounds (checked above).
+        unsafe { self.ptr.add(at) }
+    }
+
     /// # Safety
     /// No other live slice may overlap `at..at + len`, and the buffer given
     /// to `new` must outlive the slice.
