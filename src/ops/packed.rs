@@ -332,10 +332,11 @@ fn store_tile(simd: Simd, acc: &mut Tile, orows: usize, cols: usize, scales: Opt
         done = unsafe { store_tile_avx2(acc, orows, cols, &row) };
     }
     let _ = simd;
-    for (r, sums) in acc.iter().take(cols).enumerate() {
-        for (j, v) in sums.iter().enumerate().take(orows).skip(done) {
+    for j in done..orows {
+        let at = row(j);
+        for (r, sums) in acc.iter().take(cols).enumerate() {
             // SAFETY: `row(j)` has room for `cols` values.
-            unsafe { row(j).add(r).write(*v) };
+            unsafe { at.add(r).write(sums[j]) };
         }
     }
 }
