@@ -134,6 +134,37 @@ fn fused_depthwise_equals_the_separate_ops() {
     }
 }
 
+/// The end of a residual block in one pass (each branch's closing BatchNorm,
+/// where it has one, then the add) equals the ops one after another, bit for
+/// bit, in all four combinations of BatchNorms.
+#[test]
+fn residual_add_equals_the_separate_ops() {
+    let c = 3;
+    let x = rand(&[c, 2, 5, 7], 41).to_dtype(DType::F32).unwrap();
+    let r = rand(&[c, 2, 5, 7], 42).to_dtype(DType::F32).unwrap();
+    let bn = |seed: u64| {
+        let s = rand(&[c], seed).to_dtype(DType::F32).unwrap();
+        let t = rand(&[c], seed + 1).to_dtype(DType::F32).unwrap();
+        let host = ops::ChannelAffine { scale: s.to_vec1().unwrap(), shift: t.to_vec1().unwrap(), act: None };
+        (ops::affine_act(if seed == 43 { &x } else { &r }, &s, &t, None).unwrap(), host)
+    };
+    let ((xm, main), (rs, shortcut)) = (bn(43), bn(45));
+    let cases = [
+        ("plain", None, None, (&x + &r).unwrap()),
+        ("main BatchNorm", Some(main.clone()), None, (&xm + &r).unwrap()),
+        ("shortcut BatchNorm", None, Some(shortcut.clone()), (&x + &rs).unwrap()),
+        ("both BatchNorms", Some(main), Some(shortcut), (&xm + &rs).unwrap()),
+    ];
+    for (name, m, sc, separate) in cases {
+        let fused = ops::residual_affine_add(&x, m, &r, sc).unwrap();
+        assert_eq!(fused.dims(), separate.dims());
+        let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), separate.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}: fused differs from the separate ops");
+    }
+    let with_act = ops::ChannelAffine { scale: vec![1.0; c], shift: vec![0.0; c], act: Some(Act::Relu) };
+    assert!(ops::residual_affine_add(&x, Some(with_act), &r, None).is_err(), "an activation before the add must be refused");
+}
+
 /// Inference's fused 1x1 expansion + BatchNorm + depthwise + BatchNorm
 /// equals the ops one after another (computed in f64), at both strides, with
 /// channel counts that leave a partial block of 8 and planes whose pixel

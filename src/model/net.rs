@@ -350,27 +350,28 @@ impl Net {
         })
     }
 
-    /// Nodes that end in a BatchNorm without activation, as (its transform,
-    /// the nodes before it).
-    fn split_plain_bn<'a>(&self, nodes: &'a [Node]) -> Result<Option<(ops::ChannelAffine, &'a [Node])>> {
-        match nodes.split_last() {
-            Some((bn @ Node::Bn { act: None, .. }, body)) => Ok(self.bn_affine(bn)?.map(|a| (a, body))),
-            _ => Ok(None),
+    /// A branch's nodes, with the transform of a closing BatchNorm without
+    /// activation split off where it has one (f32 only).
+    fn split_plain_bn<'a>(&self, nodes: &'a [Node]) -> Result<(Option<ops::ChannelAffine>, &'a [Node])> {
+        if let Some((bn @ Node::Bn { act: None, .. }, body)) = nodes.split_last() {
+            if let Some(a) = self.bn_affine(bn)? {
+                return Ok((Some(a), body));
+            }
         }
+        Ok((None, nodes))
     }
 
-    /// Inference: a residual block whose branches end in BatchNorms without
-    /// activation runs those BatchNorms and the add as one pass. None when the
-    /// block does not have that shape.
+    /// Inference (f32): a residual block's closing BatchNorms and its add run
+    /// as one pass on the compute pool (Candle's own add would hand the work
+    /// to a second pool that then spins, competing with ours for the cores).
     fn residual_fused(&self, main: &[Node], shortcut: &[Node], x: &Tensor) -> Result<Option<Tensor>> {
-        let Some((main_affine, main_body)) = self.split_plain_bn(main)? else {
+        if self.dtype() != DType::F32 {
             return Ok(None);
-        };
+        }
+        let (main_affine, main_body) = self.split_plain_bn(main)?;
+        let (shortcut_affine, shortcut_body) = self.split_plain_bn(shortcut)?;
         let ym = self.run(main_body, x.clone(), None)?;
-        let (r, shortcut_affine) = match self.split_plain_bn(shortcut)? {
-            Some((affine, body)) => (self.run(body, x.clone(), None)?, Some(affine)),
-            None => (self.run(shortcut, x.clone(), None)?, None),
-        };
+        let r = self.run(shortcut_body, x.clone(), None)?;
         timed("fwd bn+add", || ops::residual_affine_add(&ym, main_affine, &r, shortcut_affine)).map(Some)
     }
 

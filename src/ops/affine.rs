@@ -335,20 +335,21 @@ fn input_grad_row<T: CpuElem>(dx: &mut [T], y: &[T], dy: &[T], s: T, a: Option<A
     }
 }
 
-/// `(x * s + t) + r`, or `(x * s + t) + (r * s2 + t2)` when the shortcut has
-/// its own BatchNorm: the end of a residual block in one pass instead of two
-/// or three (inference on CPU, f32). Same arithmetic, in the same order, as
-/// `affine_act` followed by an add, so the results are bit-identical; it has
-/// no backward because training records the unfused ops.
-pub fn residual_affine_add(x: &Tensor, main: ChannelAffine, r: &Tensor, shortcut: Option<ChannelAffine>) -> Result<Tensor> {
-    if main.act.is_some() || shortcut.as_ref().is_some_and(|s| s.act.is_some()) {
+/// The end of a residual block in one pass: `x + r`, with each branch's
+/// closing BatchNorm (`v * s + t`, no activation) applied on the way where it
+/// has one (inference on CPU, f32). Same arithmetic, in the same order, as
+/// `affine_act` on each branch followed by an add, so the results are
+/// bit-identical; it has no backward because training records the unfused
+/// ops. It runs on the caller's thread pool, unlike Candle's own add.
+pub fn residual_affine_add(x: &Tensor, main: Option<ChannelAffine>, r: &Tensor, shortcut: Option<ChannelAffine>) -> Result<Tensor> {
+    if main.iter().chain(&shortcut).any(|a| a.act.is_some()) {
         candle_core::bail!("residual add: the BatchNorms before the add have no activation");
     }
     x.contiguous()?.apply_op2_no_bwd(&r.contiguous()?, &ResidualAffineAdd { main, shortcut })
 }
 
 struct ResidualAffineAdd {
-    main: ChannelAffine,
+    main: Option<ChannelAffine>,
     shortcut: Option<ChannelAffine>,
 }
 
@@ -361,18 +362,31 @@ impl candle_core::CustomOp2 for ResidualAffineAdd {
         if l1.dims() != l2.dims() {
             candle_core::bail!("residual add: {:?} vs {:?}", l1.dims(), l2.dims());
         }
-        let c = self.main.scale.len();
+        let c = l1.dims().first().copied().unwrap_or(0);
         let n = rows(l1, c, "residual add")?;
+        for a in self.main.iter().chain(&self.shortcut) {
+            if a.scale.len() != c || a.shift.len() != c {
+                candle_core::bail!("residual add: a BatchNorm of {} channels on {c}", a.scale.len());
+            }
+        }
         let x = slice::<f32>(s1, l1)?;
         let r = slice::<f32>(s2, l2)?;
         let y = par_rows(x.len(), n, |ch, yr: &mut [f32]| {
             let (xr, rr) = (&x[ch * n..(ch + 1) * n], &r[ch * n..(ch + 1) * n]);
-            let (s, t) = (self.main.scale[ch], self.main.shift[ch]);
-            match &self.shortcut {
-                None => yr.iter_mut().zip(xr.iter().zip(rr)).for_each(|(yv, (xv, rv))| *yv = (*xv * s + t) + *rv),
-                Some(sc) => {
+            let pairs = yr.iter_mut().zip(xr.iter().zip(rr));
+            match (&self.main, &self.shortcut) {
+                (None, None) => pairs.for_each(|(yv, (xv, rv))| *yv = *xv + *rv),
+                (Some(m), None) => {
+                    let (s, t) = (m.scale[ch], m.shift[ch]);
+                    pairs.for_each(|(yv, (xv, rv))| *yv = (*xv * s + t) + *rv)
+                }
+                (None, Some(sc)) => {
                     let (s2, t2) = (sc.scale[ch], sc.shift[ch]);
-                    yr.iter_mut().zip(xr.iter().zip(rr)).for_each(|(yv, (xv, rv))| *yv = (*xv * s + t) + (*rv * s2 + t2))
+                    pairs.for_each(|(yv, (xv, rv))| *yv = *xv + (*rv * s2 + t2))
+                }
+                (Some(m), Some(sc)) => {
+                    let (s, t, s2, t2) = (m.scale[ch], m.shift[ch], sc.scale[ch], sc.shift[ch]);
+                    pairs.for_each(|(yv, (xv, rv))| *yv = (*xv * s + t) + (*rv * s2 + t2))
                 }
             }
         });
