@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--iters", default="5")
     ap.add_argument("--latency-iters", default="30", help="timed batch-1 forwards per tuneserve latency run (the peers time 30)")
     ap.add_argument("--latency-rounds", default="3", help="interleaved latency runs per contender")
+    ap.add_argument("--throughput-rounds", default="3", help="interleaved Xception batch-32 inference runs per contender")
     ap.add_argument("--all-peers", action="store_true", help="also PyTorch eager without channels_last")
     ap.add_argument("--cache", default=None, help="JSON file keeping finished measurements between runs")
     ap.add_argument("--chart", default=None, help="SVG chart to write (default: next to --out)")
@@ -79,55 +80,70 @@ def main():
 
     rows = []
     ours = {}
-    for model, size in MODELS:
-        for w in ["infer", "stage2"]:
-            ours[(model, w)] = run_json([a.bin, "bench", "--workload", w, "--backbone", BACKBONE[model], "--size", str(size),
-                                         "--weights", a.weights if model == "xception" else a.mobilenet_weights, "--iters", a.iters])
-    # Reduced-precision products (opt-in per model): bf16 where the CPU has
-    # AVX-512 BF16, else int16 (AVX2); where neither runs the JSON says f32
-    # ran and the rows say so.
     low = reduced_precision()
-    lowp = {w: run_json([a.bin, "bench", "--workload", w, "--backbone", "xception", "--size", "150", "--weights", a.weights,
-                         "--iters", a.iters, "--precision", low]) for w in ["infer"]}
-    peers = {}
     peer_env = dict(os.environ, PYTHONUNBUFFERED="1")
     configs = PEERS + ([("torch", "torch", [])] if a.all_peers else [])
-    for model, size in MODELS:
-        workloads = ["infer", "stage1", "stage2"] if model == "xception" else ["infer", "stage2"]
+
+    def ours_cmd(w, model="xception", precision=None, iters=None):
+        return ([a.bin, "bench", "--workload", w, "--backbone", BACKBONE[model], "--size", str(dict(MODELS)[model]),
+                 "--weights", a.weights if model == "xception" else a.mobilenet_weights, "--iters", iters or a.iters]
+                + (["--warmup", "5"] if w == "latency" else []) + (["--precision", precision] if precision else []))
+
+    def peer_cmd(fw, extra, w, model="xception"):
+        return [a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"), "--framework", fw,
+                "--workload", w, "--model", model, "--size", str(dict(MODELS)[model])] + extra
+
+    # Shared machines drift between fast and slow phases for minutes at a
+    # time, so the headline Xception rows (batch-32 inference and batch-1
+    # latency) run every contender in interleaved rounds; the median round
+    # stands for it and the report lists all rounds.
+    def interleaved(w, rounds, metric):
+        cmds = {("ours", "f32"): ours_cmd(w, iters=a.latency_iters if w == "latency" else None),
+                ("ours", low): ours_cmd(w, precision=low, iters=a.latency_iters if w == "latency" else None)}
+        for name, fw, extra in configs:
+            cmds[("peer", name)] = peer_cmd(fw, extra, w)
+        runs = {k: [] for k in cmds}
+        for r in range(int(rounds)):
+            for k, cmd in cmds.items():
+                try:
+                    runs[k].append(run_json(cmd, env=peer_env, key=" ".join(cmd) + f" ({w} round {r + 1})"))
+                except subprocess.CalledProcessError as e:
+                    print(f"{' '.join(k)} {w} failed: {e.stderr[-500:]}", file=sys.stderr)
+        median = {k: sorted(v, key=lambda j: j[metric])[len(v) // 2] for k, v in runs.items() if v}
+        return median, runs
+
+    throughput, throughput_runs = interleaved("infer", a.throughput_rounds, "img_per_s")
+    latency, latency_runs = interleaved("latency", a.latency_rounds, "median_s")
+    ours[("xception", "infer")] = throughput[("ours", "f32")]
+    ours[("xception", "latency")] = latency[("ours", "f32")]
+    lowp = {"infer": throughput[("ours", low)], "latency": latency[("ours", low)]}
+    peers = {}
+    for name, _, _ in configs:
+        for w, median in [("infer", throughput), ("latency", latency)]:
+            if ("peer", name) in median:
+                peers[(name, "xception", w)] = median[("peer", name)]
+
+    # The other rows: one run each.
+    for model, _ in MODELS:
+        for w in ["infer", "stage2"]:
+            if (model, w) not in ours:
+                ours[(model, w)] = run_json(ours_cmd(w, model))
+    for model, _ in MODELS:
+        workloads = ["stage1", "stage2"] if model == "xception" else ["infer", "stage2"]
         for name, fw, extra in configs:
             for w in workloads:
                 try:
-                    peers[(name, model, w)] = run_json([a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"), "--framework", fw,
-                                                        "--workload", w, "--model", model, "--size", str(size)] + extra, env=peer_env)
+                    peers[(name, model, w)] = run_json(peer_cmd(fw, extra, w, model), env=peer_env)
                 except subprocess.CalledProcessError as e:
                     print(f"peer {name} {model} {w} failed: {e.stderr[-500:]}", file=sys.stderr)
 
-    # Batch-1 latency drifts on shared machines for minutes at a time, so
-    # every contender's latency runs in interleaved rounds; the round with
-    # the median time stands for it.
-    latency_cmds = {("ours", "f32"): [a.bin, "bench", "--workload", "latency", "--backbone", "xception", "--size", "150",
-                                      "--weights", a.weights, "--iters", a.latency_iters, "--warmup", "5"],
-                    ("ours", low): [a.bin, "bench", "--workload", "latency", "--backbone", "xception", "--size", "150",
-                                    "--weights", a.weights, "--iters", a.latency_iters, "--warmup", "5", "--precision", low]}
-    for name, fw, extra in configs:
-        latency_cmds[("peer", name)] = [a.peers_python, os.path.join(ROOT, "bench/peers/peers.py"), "--framework", fw,
-                                        "--workload", "latency", "--model", "xception", "--size", "150"] + extra
-    rounds = {k: [] for k in latency_cmds}
-    for r in range(int(a.latency_rounds)):
-        for k, cmd in latency_cmds.items():
-            try:
-                rounds[k].append(run_json(cmd, env=peer_env, key=" ".join(cmd) + f" (latency round {r + 1})"))
-            except subprocess.CalledProcessError as e:
-                print(f"{' '.join(k)} latency failed: {e.stderr[-500:]}", file=sys.stderr)
-    latency = {k: sorted(v, key=lambda j: j["median_s"])[len(v) // 2] for k, v in rounds.items() if v}
-    ours[("xception", "latency")] = latency[("ours", "f32")]
-    lowp["latency"] = latency[("ours", low)]
-    for name, _, _ in configs:
-        if ("peer", name) in latency:
-            peers[(name, "xception", "latency")] = latency[("peer", name)]
-    latency_note = ("\nBatch-1 latency: " + str(a.latency_rounds) + " interleaved rounds per contender, the median round shown; "
-                    "all rounds, ms: " + "; ".join(f"{'tuneserve ' + k[1] if k[0] == 'ours' else PEER_LABEL[k[1]]} "
-                                                 + ", ".join(f"{j['median_s'] * 1e3:.1f}" for j in v) for k, v in rounds.items()) + ".\n")
+    def rounds_note(what, runs, metric, fmt):
+        return (f"{what}: " + "; ".join(f"{'tuneserve ' + k[1] if k[0] == 'ours' else PEER_LABEL[k[1]]} "
+                                        + ", ".join(fmt(j[metric]) for j in v) for k, v in runs.items()))
+    latency_note = ("\nXception 150 batch-32 inference and batch-1 latency: " + str(a.throughput_rounds) + " and "
+                    + str(a.latency_rounds) + " interleaved rounds per contender, the median round shown. All rounds. "
+                    + rounds_note("Inference, img/s", throughput_runs, "img_per_s", lambda v: f"{v:.1f}") + ". "
+                    + rounds_note("Latency, ms", latency_runs, "median_s", lambda v: f"{v * 1e3:.1f}") + ".\n")
 
     def peer(name, model, w, key="img_per_s"):
         return peers.get((name, model, w), {}).get(key)
@@ -216,7 +232,7 @@ def main():
     table += "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     raw = ("\n<details><summary>raw JSON</summary>\n\n```\n"
            + "\n".join(json.dumps(v) for v in list(ours.values()) + list(lowp.values()) + list(peers.values())
-                        + [j for v in rounds.values() for j in v]) + "\n```\n</details>\n")
+                        + [j for runs in (throughput_runs, latency_runs) for v in runs.values() for j in v]) + "\n```\n</details>\n")
     report = head + table + latency_note + (guard_section(guard, low, ran_low) if guard else "") + (serve_section(serve) if serve else "") + kept_notes(a.out) + raw
     print(report)
     if a.out:
