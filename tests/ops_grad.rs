@@ -232,6 +232,38 @@ fn max_pool_matches_candle_without_padding() {
     close(&ours, &swap01(&reference), 0.0);
 }
 
+/// Every window shape (the unrolled 3x3/2 and 2x2/2 paths and the general
+/// one), 'same' and 'valid', against a direct scan of each window.
+#[test]
+fn max_pool_matches_a_direct_scan_of_each_window() {
+    for (h, w, k, stride, same) in [(9, 9, 3, 2, true), (8, 7, 3, 2, true), (9, 9, 3, 2, false), (8, 6, 2, 2, false), (7, 8, 2, 2, true), (7, 6, 3, 1, true), (11, 10, 5, 3, true), (10, 11, 4, 3, false)] {
+        let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
+        let planes = 6;
+        let x = rand(&[3, 2, h, w], 17);
+        let xs = to_vec(&x);
+        let mut direct = Vec::new();
+        for p in 0..planes {
+            for oi in 0..g.out_h {
+                for oj in 0..g.out_w {
+                    let mut m = f64::NEG_INFINITY;
+                    for a in 0..k {
+                        for b in 0..k {
+                            let (r, c) = ((oi * stride + a) as isize - g.pad_top as isize, (oj * stride + b) as isize - g.pad_left as isize);
+                            if (0..h as isize).contains(&r) && (0..w as isize).contains(&c) {
+                                m = m.max(xs[p * h * w + r as usize * w + c as usize]);
+                            }
+                        }
+                    }
+                    direct.push(m);
+                }
+            }
+        }
+        let ours = ops::max_pool(&x, g).unwrap();
+        assert_eq!(ours.dims(), &[3, 2, g.out_h, g.out_w]);
+        assert_eq!(to_vec(&ours), direct, "{k}x{k} stride {stride} on {h}x{w} (same: {same})");
+    }
+}
+
 #[test]
 fn affine_act_gradients_match_finite_differences() {
     for a in [None, Some(Act::Relu), Some(Act::Relu6)] {

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use num_traits::Float;
 
-use super::storage::{dispatch, output, par_rows, slice, CpuElem};
+use super::storage::{build_rows, dispatch, output, par_rows, slice, CpuElem};
 use super::Geom;
 
 /// Max over each KxK window of every (C,B) plane; padding never wins.
@@ -55,6 +55,16 @@ fn argmax<T: CpuElem>(x: &[T], w: usize, (r0, r1): (usize, usize), (c0, c1): (us
     best
 }
 
+/// `y[j]` = max of `row[j*S .. j*S+K]`, folded from -inf in tap order; the
+/// common shapes get constant K and S so the loop unrolls.
+#[inline]
+fn window_max<T: CpuElem, const K: usize, const S: usize>(row: &[T], y: &mut [T]) {
+    for (j, yv) in y.iter_mut().enumerate() {
+        let w = &row[j * S..j * S + K];
+        *yv = w.iter().fold(T::neg_infinity(), |m, v| m.max(*v));
+    }
+}
+
 struct MaxPool {
     g: Geom,
 }
@@ -70,28 +80,38 @@ impl CustomOp1 for MaxPool {
         let dims = l.dims().to_vec();
         dispatch!(s, |T| {
             let x = slice::<T>(s, l)?;
-            // Max is separable: rows first (vectorises along the row), then columns.
-            let taps = g.col_taps();
-            let y = par_rows(n * g.out_plane(), g.out_plane(), |p, yp: &mut [T]| {
-                let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
-                let mut row = vec![T::neg_infinity(); g.in_w];
-                for oi in 0..g.out_h {
-                    row.fill(T::neg_infinity());
-                    for a in 0..g.k {
-                        let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
-                        for (m, v) in row.iter_mut().zip(&xp[r * g.in_w..(r + 1) * g.in_w]) {
-                            *m = m.max(*v);
+            // Max is separable: rows first (vectorises along the row), then
+            // columns, over a row buffer padded with -inf on both sides so every
+            // window lies inside it (-inf never wins a max, so the padding
+            // changes no result and the column loop carries no bounds logic).
+            let padded = g.pad_left + (g.out_w - 1) * g.stride + g.k;
+            let (y, _) = build_rows(
+                n * g.out_plane(),
+                g.out_plane(),
+                || vec![T::neg_infinity(); padded.max(g.pad_left + g.in_w)],
+                |row, p, yp: &mut [T]| {
+                    let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                    for (oi, yrow) in yp.chunks_exact_mut(g.out_w).enumerate() {
+                        let inner = &mut row[g.pad_left..g.pad_left + g.in_w];
+                        inner.fill(T::neg_infinity());
+                        for a in 0..g.k {
+                            let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
+                            for (m, v) in inner.iter_mut().zip(&xp[r * g.in_w..(r + 1) * g.in_w]) {
+                                *m = m.max(*v);
+                            }
+                        }
+                        match (g.k, g.stride) {
+                            (3, 2) => window_max::<T, 3, 2>(row, yrow),
+                            (2, 2) => window_max::<T, 2, 2>(row, yrow),
+                            _ => {
+                                for (j, yv) in yrow.iter_mut().enumerate() {
+                                    *yv = row[j * g.stride..j * g.stride + g.k].iter().fold(T::neg_infinity(), |m, v| m.max(*v));
+                                }
+                            }
                         }
                     }
-                    let yrow = &mut yp[oi * g.out_w..(oi + 1) * g.out_w];
-                    yrow.fill(T::neg_infinity());
-                    for &(lo, hi, x0) in &taps {
-                        for (n, yv) in yrow[lo..hi].iter_mut().enumerate() {
-                            *yv = yv.max(row[x0 + n * g.stride]);
-                        }
-                    }
-                }
-            });
+                },
+            );
             output(y, (dims[0], dims[1], g.out_h, g.out_w))
         })
     }
