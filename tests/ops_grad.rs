@@ -264,6 +264,29 @@ fn max_pool_matches_a_direct_scan_of_each_window() {
     }
 }
 
+/// Inference's BatchNorm (+ activation) applied as the max-pool reads equals
+/// the two ops one after another, bit for bit, with negative scales (the max
+/// of the affine is not the affine of the max).
+#[test]
+fn fused_max_pool_equals_the_separate_ops() {
+    let c = 4;
+    for (h, w) in [(9, 9), (8, 7)] {
+        let g = Geom::same(h, w, 3, 2);
+        let x = rand(&[c, 2, h, w], 51).to_dtype(DType::F32).unwrap();
+        let s = rand(&[c], 52).to_dtype(DType::F32).unwrap();
+        let t = rand(&[c], 53).to_dtype(DType::F32).unwrap();
+        assert!(s.to_vec1::<f32>().unwrap().iter().any(|v| *v < 0.0), "the case needs a negative scale");
+        for act in [None, Some(Act::Relu)] {
+            let separate = ops::max_pool(&ops::affine_act(&x, &s, &t, act).unwrap(), g).unwrap();
+            let pre = ops::ChannelAffine { scale: s.to_vec1().unwrap(), shift: t.to_vec1().unwrap(), act };
+            let fused = ops::max_pool_fused(&x, g, pre).unwrap();
+            assert_eq!(fused.dims(), separate.dims());
+            let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), separate.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{h}x{w}, {act:?}: fused differs from the separate ops");
+        }
+    }
+}
+
 #[test]
 fn affine_act_gradients_match_finite_differences() {
     for a in [None, Some(Act::Relu), Some(Act::Relu6)] {

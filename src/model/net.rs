@@ -249,8 +249,9 @@ impl Net {
     fn run(&self, nodes: &[Node], mut x: Tensor, mut tape: Option<&mut Vec<Saved>>) -> Result<Tensor> {
         let mut i = 0;
         while i < nodes.len() {
-            // Inference: a BatchNorm/ReLU feeding a depthwise conv is applied to its
-            // input on the fly, a BatchNorm right after it to its output as written.
+            // Inference: a BatchNorm/ReLU feeding a depthwise conv or a max-pool is
+            // applied to its input on the fly, a BatchNorm right after a depthwise
+            // conv to its output as written.
             // (CPU tensors only: the fusion reads scale/shift on the host, which on a
             // GPU would stall the stream at every block; there the kernels run apart.)
             if tape.is_none() && x.device().is_cpu() {
@@ -265,6 +266,16 @@ impl Net {
                     x = y;
                     i += used;
                     continue;
+                }
+                // A BatchNorm before a max-pool is applied as the pool reads.
+                if let Some(Node::MaxPool { k, stride, pad }) = nodes.get(i + 1) {
+                    if let Some(pre) = self.bn_affine(&nodes[i])? {
+                        let (_, _, h, w) = dims4(&x)?;
+                        let g = pad.geom(h, w, *k, *stride);
+                        x = timed("fwd bn+maxpool", || ops::max_pool_fused(&x, g, pre))?;
+                        i += 2;
+                        continue;
+                    }
                 }
                 // (Affines are read on the host only where a depthwise follows.)
                 let pre = match nodes.get(i + 1) {

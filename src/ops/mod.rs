@@ -34,7 +34,7 @@ pub use expand::expand_depthwise;
 pub use im2col::{col2im, im2col};
 pub use blas::choose_kernels as choose_blas_kernels;
 pub use matmul::{cpu_backend as matmul_cpu_backend, matmul};
-pub use pool::{max_pool, max_pool_grad};
+pub use pool::{max_pool, max_pool_fused, max_pool_grad};
 
 /// Geometry of a 2-D window op (convolution or pooling) over H x W planes.
 ///

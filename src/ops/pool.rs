@@ -6,12 +6,21 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use num_traits::Float;
 
+use super::depthwise::{channel_affine, host_affine, ChannelAffine, PlaneAffine};
 use super::storage::{build_rows, dispatch, output, par_rows, slice, CpuElem};
 use super::Geom;
 
 /// Max over each KxK window of every (C,B) plane; padding never wins.
 pub fn max_pool(x: &Tensor, g: Geom) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool { g })
+    x.contiguous()?.apply_op1(MaxPool { g, pre: None })
+}
+
+/// `max_pool(affine_act(x))` in one pass, without gradient (inference on
+/// CPU: the BatchNorm before Xception's pools): the same arithmetic per
+/// element, so the same result, without writing and re-reading the
+/// BatchNorm's output.
+pub fn max_pool_fused(x: &Tensor, g: Geom, pre: ChannelAffine) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&MaxPool { g, pre: Some(pre) })
 }
 
 /// dL/dx: each output's gradient goes to the first maximum of its window.
@@ -65,8 +74,20 @@ fn window_max<T: CpuElem, const K: usize, const S: usize>(row: &[T], y: &mut [T]
     }
 }
 
+/// `m = max(m, pre(v))` along a row.
+#[inline(always)]
+fn row_max<T: CpuElem>(m: &mut [T], src: &[T], pre: PlaneAffine<T>) {
+    let pairs = m.iter_mut().zip(src);
+    match pre {
+        None => pairs.for_each(|(m, v)| *m = m.max(*v)),
+        Some((s, t, None)) => pairs.for_each(|(m, v)| *m = m.max(*v * s + t)),
+        Some((s, t, Some(a))) => pairs.for_each(|(m, v)| *m = m.max(a.apply(*v * s + t))),
+    }
+}
+
 struct MaxPool {
     g: Geom,
+    pre: Option<ChannelAffine>,
 }
 
 impl CustomOp1 for MaxPool {
@@ -80,6 +101,7 @@ impl CustomOp1 for MaxPool {
         let dims = l.dims().to_vec();
         dispatch!(s, |T| {
             let x = slice::<T>(s, l)?;
+            let pre = host_affine::<T>(self.pre.as_ref(), dims[0])?;
             // Max is separable: rows first (vectorises along the row), then
             // columns, over a row buffer padded with -inf on both sides so every
             // window lies inside it (-inf never wins a max, so the padding
@@ -91,14 +113,13 @@ impl CustomOp1 for MaxPool {
                 || vec![T::neg_infinity(); padded.max(g.pad_left + g.in_w)],
                 |row, p, yp: &mut [T]| {
                     let xp = &x[p * g.in_plane()..(p + 1) * g.in_plane()];
+                    let pre = channel_affine(&pre, p / dims[1]);
                     for (oi, yrow) in yp.chunks_exact_mut(g.out_w).enumerate() {
                         let inner = &mut row[g.pad_left..g.pad_left + g.in_w];
                         inner.fill(T::neg_infinity());
                         for a in 0..g.k {
                             let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
-                            for (m, v) in inner.iter_mut().zip(&xp[r * g.in_w..(r + 1) * g.in_w]) {
-                                *m = m.max(*v);
-                            }
+                            row_max(inner, &xp[r * g.in_w..(r + 1) * g.in_w], pre);
                         }
                         match (g.k, g.stride) {
                             (3, 2) => window_max::<T, 3, 2>(row, yrow),
@@ -121,6 +142,10 @@ impl CustomOp1 for MaxPool {
         let g = &self.g;
         let n = planes(l, g)?;
         let d = l.dims();
+        // The network fuses on the host only (it reads the affine there).
+        if self.pre.is_some() {
+            candle_core::bail!("max_pool: an input affine is fused on the CPU only");
+        }
         super::cuda::max_pool(s, l, g, n, Shape::from((d[0], d[1], g.out_h, g.out_w)))
     }
 
