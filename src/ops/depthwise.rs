@@ -167,16 +167,35 @@ impl<'a, T> Window<'a, T> {
     }
 }
 
+/// A thread's buffers for window sums, kept between the sums it runs.
+pub(super) struct WindowScratch<T> {
+    /// The (padded or polyphase) input planes.
+    input: Vec<T>,
+    /// The sums before the output affine.
+    sums: Vec<T>,
+    /// `sum_same3`'s column masks (left then right), and the row width and
+    /// length they were built for.
+    masks: Vec<T>,
+    masks_for: (usize, usize),
+}
+
+impl<T> Default for WindowScratch<T> {
+    fn default() -> Self {
+        WindowScratch { input: Vec::new(), sums: Vec::new(), masks: Vec::new(), masks_for: (0, 0) }
+    }
+}
+
 impl<T: CpuElem> Window<'_, T> {
-    simd_versions!(pub(super) sum(dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>));
+    simd_versions!(pub(super) sum(dst: &mut [T], scratch: &mut WindowScratch<T>));
 
     #[inline(always)]
-    fn sum(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+    fn sum(&self, dst: &mut [T], scratch: &mut WindowScratch<T>) {
         let (k, stride, w) = (self.k, self.stride, self.w);
         let ((sh, sw), (out_h, out_w)) = (self.src_dims, self.out_dims);
         if (k, stride, self.pads) == (3, 1, (1, 1)) && (out_h, out_w) == (sh, sw) {
-            return self.sum_same3(dst, scratch, acc);
+            return self.sum_same3(dst, scratch);
         }
+        let WindowScratch { input: scratch, sums: acc, .. } = scratch;
         let reach = (k - 1) / stride;
         let (hq, wq) = (out_h + reach, out_w + reach);
         let plane = hq * wq;
@@ -224,46 +243,66 @@ impl<T: CpuElem> Window<'_, T> {
     /// taps that would wrap to the row before or after are multiplied by 0
     /// (for finite inputs, the same sums as reading zero padding).
     #[inline(always)]
-    fn sum_same3(&self, dst: &mut [T], scratch: &mut Vec<T>, acc: &mut Vec<T>) {
+    fn sum_same3(&self, dst: &mut [T], scratch: &mut WindowScratch<T>) {
         let (h, w) = self.src_dims;
         let (plane, seg) = (h * w, (h + 1) * w);
         // Plane j's pixel (r, c) at lead + j*seg + r*w + c, after a lead of a
         // zero row and one zero; the outputs run over the planes and the
-        // zero rows between them.
+        // zero rows between them. Only the zeros are written before the
+        // planes go in.
         let lead = w + 1;
         let n = (self.planes - 1) * seg + plane;
-        zeroed(scratch, lead + self.planes * seg + 1);
+        let input = &mut scratch.input;
+        input.resize(lead + self.planes * seg + 1, T::zero());
+        input[..lead].fill(T::zero());
         for (j, src) in self.src.chunks_exact(plane).take(self.planes).enumerate() {
-            apply_affine(&mut scratch[lead + j * seg..][..plane], src, self.affines.0);
+            let at = lead + j * seg;
+            apply_affine(&mut input[at..at + plane], src, self.affines.0);
+            input[at + plane..at + seg].fill(T::zero());
         }
+        input[lead + self.planes * seg] = T::zero();
         // Column masks (1, or 0 where the tap's column is outside the row),
-        // one row built and doubled by copies.
-        acc.resize(3 * n, T::zero());
-        let (out, masks) = acc.split_at_mut(n);
-        let (left, right) = masks.split_at_mut(n);
-        for c in 0..w.min(n) {
-            left[c] = if c == 0 { T::zero() } else { T::one() };
-            right[c] = if c + 1 == w { T::zero() } else { T::one() };
+        // one row built and doubled by copies; the same for every sum of
+        // this shape, so built once per thread.
+        if scratch.masks_for != (w, n) {
+            scratch.masks.resize(2 * n, T::zero());
+            let (left, right) = scratch.masks.split_at_mut(n);
+            for c in 0..w.min(n) {
+                left[c] = if c == 0 { T::zero() } else { T::one() };
+                right[c] = if c + 1 == w { T::zero() } else { T::one() };
+            }
+            let mut done = w.min(n);
+            while done < n {
+                let len = done.min(n - done);
+                left.copy_within(0..len, done);
+                right.copy_within(0..len, done);
+                done += len;
+            }
+            scratch.masks_for = (w, n);
         }
-        let mut done = w.min(n);
-        while done < n {
-            let len = done.min(n - done);
-            left.copy_within(0..len, done);
-            right.copy_within(0..len, done);
-            done += len;
-        }
+        // One plane's sums go straight to its output (then the affine in place).
+        let out = if self.planes == 1 {
+            &mut dst[..n]
+        } else {
+            scratch.sums.resize(n, T::zero());
+            &mut scratch.sums[..n]
+        };
         let wt = self.w;
-        let tap = |a: usize, b: usize| &scratch[a * w + b..][..n];
+        let tap = |a: usize, b: usize| &scratch.input[a * w + b..][..n];
         let (s0, s1, s2, s3, s4, s5, s6, s7, s8) = (tap(0, 0), tap(0, 1), tap(0, 2), tap(1, 0), tap(1, 1), tap(1, 2), tap(2, 0), tap(2, 1), tap(2, 2));
-        let (l, r) = (&left[..n], &right[..n]);
+        let (l, r) = scratch.masks.split_at(n);
         for q in 0..n {
             out[q] = (s0[q] * l[q]) * wt[0] + s1[q] * wt[1] + (s2[q] * r[q]) * wt[2] + (s3[q] * l[q]) * wt[3] + s4[q] * wt[4] + (s5[q] * r[q]) * wt[5]
                 + (s6[q] * l[q]) * wt[6]
                 + s7[q] * wt[7]
                 + (s8[q] * r[q]) * wt[8];
         }
+        if self.planes == 1 {
+            affine_in_place(&mut dst[..n], self.affines.1);
+            return;
+        }
         for (j, dst) in dst.chunks_exact_mut(plane).take(self.planes).enumerate() {
-            apply_affine(dst, &out[j * seg..][..plane], self.affines.1);
+            apply_affine(dst, &scratch.sums[j * seg..][..plane], self.affines.1);
         }
     }
 }
@@ -291,6 +330,16 @@ fn apply_affine<T: CpuElem>(d: &mut [T], s: &[T], affine: PlaneAffine<T>) {
         None => d.copy_from_slice(s),
         Some((sc, sh, None)) => d.iter_mut().zip(s).for_each(|(d, s)| *d = *s * sc + sh),
         Some((sc, sh, Some(a))) => d.iter_mut().zip(s).for_each(|(d, s)| *d = a.apply(*s * sc + sh)),
+    }
+}
+
+/// d = affine(d).
+#[inline(always)]
+fn affine_in_place<T: CpuElem>(d: &mut [T], affine: PlaneAffine<T>) {
+    match affine {
+        None => {}
+        Some((sc, sh, None)) => d.iter_mut().for_each(|d| *d = *d * sc + sh),
+        Some((sc, sh, Some(a))) => d.iter_mut().for_each(|d| *d = a.apply(*d * sc + sh)),
     }
 }
 
@@ -448,12 +497,12 @@ impl CustomOp2 for Depthwise {
             let (y, _) = build_rows(
                 c * b * g.out_plane(),
                 group * g.out_plane(),
-                || (Vec::new(), Vec::new()),
-                |(sc, acc), p, yp: &mut [T]| {
+                WindowScratch::default,
+                |scratch, p, yp: &mut [T]| {
                     let ch = p * group / b;
                     let src = &x[p * group * g.in_plane()..(p + 1) * group * g.in_plane()];
                     let window = Window::forward(g, src, group, &k[ch * kk..(ch + 1) * kk], (channel_affine(&pre, ch), channel_affine(&post, ch)));
-                    window.run(simd, yp, sc, acc);
+                    window.run(simd, yp, scratch);
                 },
             );
             output(y, (c, b, g.out_h, g.out_w))
@@ -509,8 +558,8 @@ impl CustomOp2 for DepthwiseInputGrad {
             let (dx, _) = build_rows(
                 c * b * g.in_plane(),
                 group * g.in_plane(),
-                || (Vec::new(), Vec::new(), Vec::new()),
-                |(sc, acc, flipped), p, dxp: &mut [T]| {
+                || (WindowScratch::default(), Vec::new()),
+                |(scratch, flipped), p, dxp: &mut [T]| {
                     let ch = p * group / b;
                     let dyp = &dy[p * group * g.out_plane()..(p + 1) * group * g.out_plane()];
                     let kc = &k[ch * kk..(ch + 1) * kk];
@@ -529,7 +578,7 @@ impl CustomOp2 for DepthwiseInputGrad {
                             out_dims: (g.in_h, g.in_w),
                             affines: (None, None),
                         };
-                        window.run(simd, dxp, sc, acc);
+                        window.run(simd, dxp, scratch);
                     } else {
                         input_grad_plane(dyp, kc, dxp, g, &taps);
                     }
@@ -627,7 +676,7 @@ mod tests {
             let window = Window::forward(&g, &src, 4, &w, affines);
             let run = |simd| {
                 let mut dst = vec![0f32; 4 * g.out_plane()];
-                window.run(simd, &mut dst, &mut Vec::new(), &mut Vec::new());
+                window.run(simd, &mut dst, &mut WindowScratch::default());
                 dst
             };
             let baseline = run(Simd::Baseline);
@@ -649,6 +698,27 @@ mod tests {
             for level in &levels {
                 assert!(grad(*level).iter().zip(&base_dk).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} kernel gradient differs at stride {stride}");
             }
+        }
+    }
+
+    /// A thread's scratch carries over between sums of different shapes (the
+    /// masks and zero rows of the last one must not leak into the next): the
+    /// same bits as a fresh scratch, with one plane (summed in its output)
+    /// and with several.
+    #[test]
+    fn a_reused_scratch_gives_the_same_bits_as_a_fresh_one() {
+        let src = Simd::test_values(3 * 9 * 9);
+        let w: Vec<f32> = (0..9).map(|i| i as f32 * 0.41 - 1.3).collect();
+        let affines = (Some((1.1f32, -0.3f32, Some(Act::Relu))), Some((0.8f32, 0.2f32, None)));
+        let mut reused = WindowScratch::default();
+        for (h, w_, planes) in [(9, 9, 3), (9, 9, 1), (5, 7, 2), (9, 8, 1), (8, 9, 1), (9, 9, 3)] {
+            let g = Geom::same(h, w_, 3, 1);
+            let window = Window::forward(&g, &src[..planes * h * w_], planes, &w, affines);
+            let (mut fresh_out, mut reused_out) = (vec![f32::NAN; planes * h * w_], vec![f32::NAN; planes * h * w_]);
+            window.run(Simd::detect(), &mut fresh_out, &mut WindowScratch::default());
+            window.run(Simd::detect(), &mut reused_out, &mut reused);
+            assert!(fresh_out.iter().all(|v| v.is_finite()), "{h}x{w_}, {planes} planes: an output was not written");
+            assert!(fresh_out.iter().zip(&reused_out).all(|(a, b)| a.to_bits() == b.to_bits()), "{h}x{w_}, {planes} planes: reused scratch differs");
         }
     }
 }

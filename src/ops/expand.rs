@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::depthwise::{channel_affine, check_kernel, host_affine, planes, ChannelAffine, Window};
+use super::depthwise::{channel_affine, check_kernel, host_affine, planes, ChannelAffine, Window, WindowScratch};
 use super::simd::Simd;
 use super::storage::{output, slice, DisjointParts};
 use super::Geom;
@@ -67,8 +67,8 @@ impl CustomOp3 for ExpandDepthwise {
         let out = DisjointParts::new(&mut y);
         // Units run image-major, so neighbouring units share the image's input.
         (0..b * blocks).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(e, sc, acc), unit| {
+            || (Vec::new(), WindowScratch::default()),
+            |(e, scratch), unit| {
                 let (img, blk) = (unit / blocks, unit % blocks);
                 let c0 = blk * BLOCK;
                 let rows = BLOCK.min(m - c0);
@@ -81,7 +81,7 @@ impl CustomOp3 for ExpandDepthwise {
                     // SAFETY: plane (ch, img) belongs to this unit alone (units
                     // cover distinct images x channel blocks) and `y` outlives the loop.
                     let dst = unsafe { out.part((ch * b + img) * op, op) };
-                    window.run(simd, dst, sc, acc);
+                    window.run(simd, dst, scratch);
                 }
             },
         );
