@@ -232,7 +232,7 @@ fn max_pool_matches_candle_without_padding() {
     close(&ours, &swap01(&reference), 0.0);
 }
 
-/// Every window shape (the unrolled 3x3/2 and 2x2/2 paths and the general
+/// Every window shape (the unrolled 3x3/2 path and the general
 /// one), 'same' and 'valid', against a direct scan of each window.
 #[test]
 fn max_pool_matches_a_direct_scan_of_each_window() {

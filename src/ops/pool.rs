@@ -64,8 +64,8 @@ fn argmax<T: CpuElem>(x: &[T], w: usize, (r0, r1): (usize, usize), (c0, c1): (us
     best
 }
 
-/// `y[j]` = max of `row[j*S .. j*S+K]`, folded from -inf in tap order; the
-/// common shapes get constant K and S so the loop unrolls.
+/// `y[j]` = max of `row[j*S .. j*S+K]`, folded from -inf in tap order, with
+/// constant K and S so the loop unrolls (Xception's pools are 3x3/2).
 #[inline]
 fn window_max<T: CpuElem, const K: usize, const S: usize>(row: &[T], y: &mut [T]) {
     for (j, yv) in y.iter_mut().enumerate() {
@@ -121,13 +121,11 @@ impl CustomOp1 for MaxPool {
                             let Some(r) = Geom::src(oi, a, g.stride, g.pad_top, g.in_h) else { continue };
                             row_max(inner, &xp[r * g.in_w..(r + 1) * g.in_w], pre);
                         }
-                        match (g.k, g.stride) {
-                            (3, 2) => window_max::<T, 3, 2>(row, yrow),
-                            (2, 2) => window_max::<T, 2, 2>(row, yrow),
-                            _ => {
-                                for (j, yv) in yrow.iter_mut().enumerate() {
-                                    *yv = row[j * g.stride..j * g.stride + g.k].iter().fold(T::neg_infinity(), |m, v| m.max(*v));
-                                }
+                        if (g.k, g.stride) == (3, 2) {
+                            window_max::<T, 3, 2>(row, yrow);
+                        } else {
+                            for (j, yv) in yrow.iter_mut().enumerate() {
+                                *yv = row[j * g.stride..j * g.stride + g.k].iter().fold(T::neg_infinity(), |m, v| m.max(*v));
                             }
                         }
                     }
