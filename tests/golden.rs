@@ -193,8 +193,8 @@ fn xception_int16_serving_keeps_keras_predictions() {
     if std::env::var("CI").is_ok() && !is_x86_feature_detected!("avx512f") {
         assert_eq!(Precision::Int16.supported(), Precision::Int16, "CI machines have AVX2: the test must run int16");
     }
-    // Each product operand is rounded to 1/2400 or less of its row's or
-    // pixel's largest; measured 2.2e-3 after the 36 convolutions.
+    // Each product operand is rounded to 1/6600 or less of its row's or
+    // pixel's largest; measured 1.6e-3 after the 36 convolutions.
     serving_keeps_keras_predictions(Precision::Int16, 1e-2);
 }
 

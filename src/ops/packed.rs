@@ -46,7 +46,7 @@ pub enum Precision {
     Bf16,
     /// Weights and activations as 16-bit fixed-point integers (a scale per
     /// output channel and one per pixel), with as many bits as exact 32-bit
-    /// sums allow (10 and a sign each at depth 1536), for AVX2's integer
+    /// sums allow (about 11.7 and a sign each), for AVX2's integer
     /// multiply-add: twice the multiply-adds of an f32 FMA per instruction,
     /// on CPUs whose widest vector unit is AVX2; elsewhere the products stay f32.
     Int16,
@@ -399,7 +399,8 @@ const RUN_TILES: usize = 64;
 /// Steps along K per block in the f32 products of AVX2 (and the scalar
 /// reference): a block of a panel (96 x 48 floats, 18 KiB) and of a tile's
 /// input stay in L1 while the run's tiles go by. (The AVX-512 kernel, with
-/// three times the accumulators, runs each tile over all of K.)
+/// three times the accumulators, runs each tile over all of K.) Also the
+/// pairs per block of the int16 products, whose 32-bit sums span one block.
 const KC: usize = 96;
 
 /// Packed steps along K: one per input channel in f32, one per pair in bf16 and int16.
@@ -678,11 +679,14 @@ unsafe fn kernel_bf16_avx512(panel: &[Line<u32>], ahead: &[Line<u32>], xs: &[u32
 const INT16_TILE: usize = 6;
 
 /// Largest |integer| of a weight row and of a pixel's inputs in int16
-/// products of depth `k`: the most that keeps every sum exact in 32 bits
-/// (k x max^2 < 2^31), the same for both operands, whose rounding errors
-/// then weigh alike (k = 1536: 1182, about 10.2 bits and sign; k = 256: 2896).
+/// products of depth `k`: the most that keeps every 32-bit sum exact, the
+/// same for both operands, whose rounding errors then weigh alike. The
+/// kernel sums at most a block of KC pairs in 32 bits before adding the
+/// block to f32 sums, so only the block's depth bounds it (depth x max^2 <
+/// 2^31): 3344 at depths from 192 up, about 11.7 bits and a sign.
 fn operand_max(k: usize) -> i32 {
-    ((i32::MAX as f64 / k.max(1) as f64).sqrt() as i32).clamp(1, i16::MAX as i32)
+    let summed = k.clamp(1, 2 * KC);
+    ((i32::MAX as f64 / summed as f64).sqrt() as i32).min(i16::MAX as i32)
 }
 
 /// A 16-bit integer's bits, for half of a pair.
@@ -978,13 +982,33 @@ mod tests {
         }
     }
 
+    /// Every operand at its largest integer and of one sign: each block's
+    /// 32-bit sums reach their most and must not wrap.
+    #[test]
+    fn int16_sums_of_the_largest_operands_stay_exact() {
+        let (m, k, n) = (20, 4 * KC + 7, 2 * INT16_TILE + 1);
+        let packed = PackedWeights::pack(&vec![0.5; m * k], m, k, Precision::Int16);
+        let x: Vec<f32> = (0..k * n).map(|i| if i % n % 2 == 0 { 3.0 } else { -3.0 }).collect();
+        for level in Simd::levels_to_test() {
+            let mut out = vec![f32::NAN; m * n];
+            packed.matmul(level, &x, n, as_uninit(&mut out));
+            for (i, v) in out.iter().enumerate() {
+                let want = if i % n % 2 == 0 { 1.5 * k as f32 } else { -1.5 * k as f32 };
+                assert!((v - want).abs() <= 1e-5 * want.abs(), "{level:?}: element {i} is {v}, not {want}");
+            }
+        }
+    }
+
     #[test]
     fn int16_operands_cannot_overflow_the_sums() {
-        for k in [1, 2, 27, 728, 1536, 2064, 4096, 100_000, 1 << 30] {
+        for k in [1, 2, 27, 191, 192, 193, 728, 1536, 2064, 4096, 100_000, 1 << 30] {
             let q = operand_max(k) as i64;
-            assert!(k as i64 * q * q <= i32::MAX as i64, "k = {k}");
+            // The most a kernel call sums in 32 bits: a block of KC pairs, or all of a shorter K.
+            let summed = k.min(2 * KC) as i64;
+            assert!(summed * q * q <= i32::MAX as i64, "k = {k}");
+            assert!(summed * (q + 1) * (q + 1) > i32::MAX as i64 || q == i16::MAX as i64, "k = {k}: {q} is not the most");
         }
-        assert_eq!((operand_max(1), operand_max(1536)), (32767, 1182));
+        assert_eq!((operand_max(1), operand_max(1536)), (32767, 3344));
     }
 
     #[test]
