@@ -63,7 +63,7 @@ def main():
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--iters", default="5")
     ap.add_argument("--latency-iters", default="30", help="timed batch-1 forwards per tuneserve latency run (the peers time 30)")
-    ap.add_argument("--latency-rounds", default="3", help="interleaved latency runs per contender")
+    ap.add_argument("--latency-rounds", default="5", help="interleaved latency runs per contender (batch-1 times swing most with the machine's phase; each run is short)")
     ap.add_argument("--throughput-rounds", default="3", help="interleaved Xception batch-32 inference runs per contender")
     ap.add_argument("--all-peers", action="store_true", help="also PyTorch eager without channels_last")
     ap.add_argument("--cache", default=None, help="JSON file keeping finished measurements between runs")
