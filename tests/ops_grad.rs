@@ -86,6 +86,24 @@ fn depthwise_matches_candle_grouped_conv() {
     close(g1.get(&kv).unwrap(), g2.get(&kv).unwrap(), 1e-10);
 }
 
+/// The kernel gradient against im2col's columns times dy, with planes many
+/// and large enough that a channel's planes are summed in several groups
+/// (30x30: three of 6 planes at a time; 9x9 with 5x5 windows; 'valid'), and
+/// at stride 2.
+#[test]
+fn depthwise_kernel_grad_matches_im2col_over_many_planes() {
+    for (h, w, k, stride, same, b) in [(30, 30, 3, 1, true, 6), (9, 9, 5, 1, true, 32), (12, 11, 3, 1, false, 5), (31, 30, 3, 1, true, 1), (10, 9, 3, 2, true, 4)] {
+        let g = if same { Geom::same(h, w, k, stride) } else { Geom::valid(h, w, k, stride) };
+        let c = 2;
+        let x = rand(&[c, b, h, w], 31);
+        let dy = rand(&[c, b, g.out_h, g.out_w], 32);
+        let ours = ops::depthwise_kernel_grad(&x, &dy, g).unwrap();
+        let cols = ops::im2col(&x, g).unwrap().reshape((c, k * k, b * g.out_h * g.out_w)).unwrap();
+        let reference = cols.matmul(&dy.reshape((c, b * g.out_h * g.out_w, 1)).unwrap()).unwrap().reshape((c, k * k)).unwrap();
+        close(&ours, &reference, 1e-11);
+    }
+}
+
 /// The forward at every stride and padding the networks use (and a few they
 /// don't, down to one-pixel rows and columns) against a product with
 /// im2col's columns, itself checked against Candle's conv2d and finite

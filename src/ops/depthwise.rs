@@ -307,8 +307,9 @@ impl<T: CpuElem> Window<'_, T> {
     }
 }
 
-/// How many of a channel's `b` planes one window sum takes: the largest
-/// divisor of `b` whose planes stay within a few L1-sized buffers.
+/// How many of a channel's `b` planes one window sum (or stride-1 kernel
+/// gradient pass) takes: the largest divisor of `b` whose planes stay
+/// within a few L1-sized buffers.
 fn plane_group(b: usize, plane: usize) -> usize {
     const ELEMS: usize = 4 * 1024;
     (1..=b).rev().find(|g| b % g == 0 && g * plane <= ELEMS).unwrap_or(1)
@@ -424,20 +425,28 @@ fn dot<T: CpuElem>(a: &[T], b: &[T]) -> T {
     s
 }
 
-/// Stride-1 kernel gradient of one plane, accumulated into `dk`:
-/// dk[a,b] += sum_{i,j} dy[i,j] * x_padded[i+a, j+b].
+/// Stride-1 kernel gradient of `count` planes, accumulated into `dk`:
+/// dk[a,b] += sum_{p,i,j} dy_p[i,j] * x_p_padded[i+a, j+b]. The padded
+/// planes are stacked in `xs` and the dy planes laid out alike in `dys`
+/// (zero in the padding rows and columns), so that each tap is one dot over
+/// all the planes at once: on small planes (Xception's 9x9 middle flow) a
+/// dot per plane and tap was mostly set-up.
 #[inline(always)]
-fn kernel_grad_plane_s1<T: CpuElem>(x: &[T], dy: &[T], dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
+fn kernel_grad_planes_s1<T: CpuElem>(x: &[T], dy: &[T], count: usize, dk: &mut [T], g: &Geom, xs: &mut Vec<T>, dys: &mut Vec<T>) {
     let k = g.k;
-    let wp = g.out_w + k - 1;
-    let padded = (g.out_h + k - 1) * wp;
-    zeroed(xs, padded + k);
-    polyphase_into(xs, 0, padded, x, (g.in_h, g.in_w), 1, (g.out_h + k - 1, wp), (g.pad_top, g.pad_left), None);
-    let n = g.out_h * wp;
-    zeroed(dys, n);
-    for i in 0..g.out_h {
-        dys[i * wp..i * wp + g.out_w].copy_from_slice(&dy[i * g.out_w..(i + 1) * g.out_w]);
+    let (hp, wp) = (g.out_h + k - 1, g.out_w + k - 1);
+    let padded = hp * wp;
+    zeroed(xs, count * padded + k);
+    zeroed(dys, count * padded);
+    for (q, (xp, dyp)) in x.chunks_exact(g.in_plane()).zip(dy.chunks_exact(g.out_plane())).take(count).enumerate() {
+        polyphase_into(xs, q * padded, padded, xp, (g.in_h, g.in_w), 1, (hp, wp), (g.pad_top, g.pad_left), None);
+        for (i, row) in dyp.chunks_exact(g.out_w).enumerate() {
+            let at = q * padded + i * wp;
+            dys[at..at + g.out_w].copy_from_slice(row);
+        }
     }
+    // The last plane's padding rows hold no dy: the dots stop before them.
+    let n = (count * hp - (k - 1)) * wp;
     for a in 0..k {
         for b in 0..k {
             dk[a * k + b] += dot(&dys[..n], &xs[a * wp + b..a * wp + b + n]);
@@ -461,12 +470,16 @@ impl<T: CpuElem> KernelGradPlanes<'_, T> {
     #[inline(always)]
     fn sum(&self, dk: &mut [T], xs: &mut Vec<T>, dys: &mut Vec<T>) {
         let g = self.g;
-        for (xp, dyp) in self.x.chunks_exact(g.in_plane()).zip(self.dy.chunks_exact(g.out_plane())) {
-            if g.stride == 1 {
-                kernel_grad_plane_s1(xp, dyp, dk, g, xs, dys);
-            } else {
-                kernel_grad_plane(xp, dyp, dk, g, self.taps);
+        if g.stride == 1 {
+            let planes = self.x.len() / g.in_plane().max(1);
+            let group = plane_group(planes, (g.out_h + g.k - 1) * (g.out_w + g.k - 1));
+            for (xg, dyg) in self.x.chunks(group * g.in_plane()).zip(self.dy.chunks(group * g.out_plane())) {
+                kernel_grad_planes_s1(xg, dyg, group, dk, g, xs, dys);
             }
+            return;
+        }
+        for (xp, dyp) in self.x.chunks_exact(g.in_plane()).zip(self.dy.chunks_exact(g.out_plane())) {
+            kernel_grad_plane(xp, dyp, dk, g, self.taps);
         }
     }
 }
