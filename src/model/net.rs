@@ -395,6 +395,8 @@ impl Net {
                 let o = wt.dim(0)?;
                 let y = if *k == 1 && *stride == 1 {
                     timed("fwd pointwise matmul", || self.conv_product(*wi, &x.reshape((c, b * h * w))?))?
+                } else if c * k * k <= ops::conv::MAX_DEPTH && !self.autograd && x.device().is_cpu() && x.dtype() == DType::F32 {
+                    timed("fwd conv direct", || ops::conv_direct(x, &wt, g))?
                 } else {
                     let cols = timed("fwd im2col", || ops::im2col(x, g))?;
                     timed("fwd conv matmul", || self.conv_product(*wi, &cols))?

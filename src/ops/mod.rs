@@ -14,6 +14,7 @@ mod blas;
 #[cfg(feature = "cuda")]
 pub mod adam;
 pub mod affine;
+pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod depthwise;
@@ -29,6 +30,7 @@ pub use act::{act, act_grad, Act};
 #[cfg(feature = "cuda")]
 pub use adam::adam_step;
 pub use affine::{affine_act, affine_act_backward, affine_act_input_grad, affine_act_param_grad, residual_affine_add};
+pub use conv::conv_direct;
 pub use depthwise::{depthwise, depthwise_fused, depthwise_input_grad, depthwise_kernel_grad, ChannelAffine};
 pub use expand::expand_depthwise;
 pub use im2col::{col2im, im2col};
