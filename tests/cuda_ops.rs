@@ -216,7 +216,7 @@ fn fused_adam_on_gpu_matches_cpu_adam() {
         og.update([("w", &vg, &g.to_device(&dev).unwrap())]).unwrap();
         close(&format!("adam var after step {step}"), vc.as_tensor(), vg.as_tensor(), 1e-6);
     }
-    let (sc, sg) = (oc.state(), og.state());
+    let (sc, sg) = (oc.state().unwrap(), og.state().unwrap());
     assert_eq!(sc.len(), sg.len());
     for ((nc, tc), (ng, tg)) in sc.iter().zip(&sg) {
         assert_eq!(nc, ng);

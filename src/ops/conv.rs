@@ -40,21 +40,25 @@ fn conv_direct_at(simd: Simd, x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor>
     };
     let (xv, wv) = (slice::<f32>(xc, xl)?, slice::<f32>(wc, wl)?);
     let (plane, width) = (g.out_plane(), g.out_w);
+    // Each tap's row, padded with zeros to whole vectors of 8.
+    let padded = width.next_multiple_of(8);
     let len = o * b * plane;
     let mut out = Vec::with_capacity(len);
     let parts = DisjointParts::uninit(&mut out.spare_capacity_mut()[..len]);
     let cols = g.col_taps();
     (0..b * g.out_h).into_par_iter().for_each_init(
-        || (vec![0f32; depth * width.next_multiple_of(8)], vec![0f32; g.in_w + 1]),
+        || (vec![0f32; depth * padded], vec![0f32; g.in_w + 1]),
         |(taps, phases), row| {
             let (img, oy) = (row / g.out_h, row % g.out_h);
             // The K taps along a row read the same input row: with stride 2 it
             // is split once into its even and odd columns, so each tap's
             // pixels are one contiguous copy.
-            for (t0, rows) in taps.chunks_mut(width.next_multiple_of(8) * g.k).enumerate() {
+            for (t0, rows) in taps.chunks_mut(padded * g.k).enumerate() {
                 let (ch, a) = (t0 / g.k, t0 % g.k);
-                rows.fill(0.0);
-                let Some(r) = Geom::src(oy, a, g.stride, g.pad_top, g.in_h) else { continue };
+                let Some(r) = Geom::src(oy, a, g.stride, g.pad_top, g.in_h) else {
+                    rows.fill(0.0);
+                    continue;
+                };
                 let src = &xv[((ch * b + img) * g.in_h + r) * g.in_w..][..g.in_w];
                 let (even, odd) = phases.split_at_mut(g.in_w.div_ceil(2));
                 if g.stride == 2 {
@@ -65,8 +69,12 @@ fn conv_direct_at(simd: Simd, x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor>
                         }
                     }
                 }
-                for (bb, dst) in rows.chunks_exact_mut(width.next_multiple_of(8)).enumerate() {
+                for (bb, dst) in rows.chunks_exact_mut(padded).enumerate() {
                     let (lo, hi, x0) = cols[bb];
+                    // Only the pixels outside the input (padding, and the tail
+                    // up to a whole vector) are zeros.
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
                     let dst = &mut dst[lo..hi];
                     match g.stride {
                         1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
@@ -78,7 +86,7 @@ fn conv_direct_at(simd: Simd, x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor>
                     }
                 }
             }
-            let sums = RowSums { taps, w: wv, depth, width };
+            let sums = RowSums { taps, w: wv, depth, width, padded };
             // Output channel oc's row sits at oc * b * plane + this row's offset.
             sums.run(simd, &parts, img * plane + oy * width, b * plane);
         },
@@ -97,14 +105,11 @@ struct RowSums<'a> {
     w: &'a [f32],
     depth: usize,
     width: usize,
+    /// Taps' row length: `width` padded with zeros to whole vectors of 8.
+    padded: usize,
 }
 
 impl RowSums<'_> {
-    /// Taps' row length: padded with zeros to whole vectors of 8.
-    fn stride(&self) -> usize {
-        self.width.next_multiple_of(8)
-    }
-
     fn run(&self, simd: Simd, out: &DisjointParts, at: usize, channel_stride: usize) {
         #[cfg(target_arch = "x86_64")]
         if simd != Simd::Baseline {
@@ -112,7 +117,7 @@ impl RowSums<'_> {
             return unsafe { self.sum_avx2(out, at, channel_stride) };
         }
         let _ = simd;
-        let stride = self.stride();
+        let stride = self.padded;
         for (oc, w) in self.w.chunks_exact(self.depth).enumerate() {
             // SAFETY: this row of channel oc belongs to the calling task alone.
             let dst = unsafe { out.part(at + oc * channel_stride, self.width) };
@@ -127,7 +132,7 @@ impl RowSums<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn sum_avx2(&self, out: &DisjointParts, at: usize, channel_stride: usize) {
-        let vectors = self.stride() / 8;
+        let vectors = self.padded / 8;
         for (oc, w) in self.w.chunks_exact(self.depth).enumerate() {
             // SAFETY: this row of channel oc belongs to the calling task alone.
             let dst = unsafe { out.part(at + oc * channel_stride, self.width) };
@@ -150,7 +155,7 @@ impl RowSums<'_> {
     #[target_feature(enable = "avx2")]
     unsafe fn span_avx2<const N: usize>(&self, w: &[f32], j0: usize, dst: &mut [f32]) {
         use std::arch::x86_64::*;
-        let stride = self.stride();
+        let stride = self.padded;
         assert!(j0 + 8 * N <= stride && self.taps.len() >= w.len() * stride, "span outside the taps");
         let mut acc = [_mm256_setzero_ps(); N];
         for (t, wt) in w.iter().enumerate() {

@@ -116,7 +116,7 @@ impl Adam {
     }
 
     /// State as named tensors (`m/<name>`, `v/<name>`) for a checkpoint.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         #[allow(unused_mut)]
         let mut state: Vec<(String, Tensor)> = self
             .moments
@@ -125,11 +125,10 @@ impl Adam {
             .collect();
         #[cfg(feature = "cuda")]
         for (n, (mv, shape)) in &self.packed {
-            let row = |i: usize| mv.get(i).and_then(|t| t.reshape(shape)).expect("packed Adam state matches its parameter");
-            state.push((format!("m/{n}"), row(0)));
-            state.push((format!("v/{n}"), row(1)));
+            state.push((format!("m/{n}"), mv.get(0)?.reshape(shape)?));
+            state.push((format!("v/{n}"), mv.get(1)?.reshape(shape)?));
         }
-        state
+        Ok(state)
     }
 
     pub fn restore(lr: f64, step: u64, state: &std::collections::HashMap<String, Tensor>) -> Result<Self> {

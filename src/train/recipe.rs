@@ -605,7 +605,7 @@ fn save_partial(
     let seen = (progress.steps_done * r.cfg.batch_size).min(train_len) as f64;
     let so_far = Metrics { loss: progress.loss_sum / seen, accuracy: progress.correct as f64 / seen };
     let meta = r.meta(Stage::Finetune, progress.epoch, so_far, so_far, opt.step, Vec::new());
-    files::save_partial(&r.spec.out_dir, &files::model_tensors(bb, head)?, &opt.state(), &meta, &progress)?;
+    files::save_partial(&r.spec.out_dir, &files::model_tensors(bb, head)?, &opt.state()?, &meta, &progress)?;
     Ok(())
 }
 
@@ -675,7 +675,7 @@ fn stage2(
         on_event(Event::Epoch { stage: Stage::Finetune, epoch, epochs, train: train_m, validation, seconds });
         let name = checkpoint::name(Stage::Finetune, epoch);
         let meta = r.meta(Stage::Finetune, epoch, train_m, ev.metrics, opt.step, ev.confusion);
-        files::save(&spec.out_dir, &name, &files::model_tensors(bb, head)?, &opt.state(), &meta)?;
+        files::save(&spec.out_dir, &name, &files::model_tensors(bb, head)?, &opt.state()?, &meta)?;
         files::remove_partial(&spec.out_dir)?;
         on_event(Event::Checkpoint { stage: Stage::Finetune, epoch, name: name.clone(), validation: meta.validation });
         let improved = stage2_best.as_ref().is_none_or(|(_, b)| meta.validation.loss < b.validation.loss);
